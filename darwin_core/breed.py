@@ -1,0 +1,387 @@
+"""Breed a child: resolve and check the parents, scan them, plan, merge, check, evaluate, record.
+
+Streaming breed reads one tensor at a time from each parent and writes the child's safetensors
+as it goes, so memory holds a few tensors whatever the model size. Everything is written into a
+hidden temporary folder beside the output; `darwin.json` is written last, with the SHA-256 of
+every weight file, and the folder is then renamed into place. A failure or a cancel removes the
+temporary folder, so a folder at the output path is always a complete child.
+"""
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .card import card_body, card_metadata, choose_license, read_front_matter_license, reproduce_command
+from .checkpoint import INDEX_NAME, SINGLE_NAME, PlannedTensor, SafetensorsStreamWriter, plan_shards
+from .compat import CompatibilityReport, check_parents, require_compatible
+from .errors import DarwinError
+from .genome import Genome, LayerRatios
+from .hashing import sha256_file
+from .health import HealthReport, HealthSettings, check_health
+from .inventory import build_inventory
+from .merge import merge_tensor
+from .mri import MriReport, MriSettings, scan
+from .outputs import RECORD_NAME, check_output, move_into_place, out_of_space_error, temporary_folder
+from .parents import Parent, copy_tokenizer_files, embedded_registry, resolve_parent
+from .plan import MergePlan, PlanSettings, build_plan
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+CONFIG_FILES = ("config.json", "generation_config.json")
+
+
+class BreedCancelled(DarwinError):
+    """The user cancelled the breed; nothing was written."""
+
+
+@dataclass(frozen=True)
+class BreedSettings:
+    """Everything besides parents and genome that decides the child.
+
+    `eval_suites` None means the suites the embedded registry lists for the father's family
+    (none for other parents); an empty tuple skips the quick eval.
+    """
+
+    seed: int = 0
+    plan: PlanSettings = field(default_factory=PlanSettings)
+    mri: MriSettings = field(default_factory=MriSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    eval_suites: tuple[str, ...] | None = None
+    eval_split: str = "test"
+    run_health: bool = True
+
+    def __post_init__(self):
+        if self.max_shard_bytes < 1:
+            raise DarwinError(f"max_shard_bytes must be positive, got {self.max_shard_bytes}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["eval_suites"] = list(self.eval_suites) if self.eval_suites is not None else None
+        return data
+
+
+@dataclass
+class BreedResult:
+    out: Path
+    plan: MergePlan
+    record: dict
+    health: HealthReport | None
+    compatibility: CompatibilityReport
+
+    def summary(self) -> dict:
+        """The `darwin breed --json` object: output folder, plan counts, health and eval."""
+        return {
+            "out": str(self.out),
+            "plan": {key: self.record["plan"][key] for key in ("method", "transplant_a", "transplant_b", "blended", "mean_ratio")},
+            "health": {"verdict": self.health.verdict, "reasons": self.health.reasons} if self.health else {"verdict": "skipped"},
+            "eval": self.record.get("eval"),
+            "generation": self.record["generation"],
+        }
+
+
+def as_parent(reference: str | Parent | None) -> Parent | None:
+    if reference is None or isinstance(reference, Parent):
+        return reference
+    return resolve_parent(reference)
+
+
+def default_suites(father: Parent) -> tuple[str, ...]:
+    """Suites of the father's embedded family, or the ones its own lineage record was scored on."""
+    if father.ref.startswith("embedded:"):
+        entry = embedded_registry().get(father.ref.removeprefix("embedded:"))
+        if entry:
+            return tuple(entry.get("suites", ()))
+    if father.lineage and father.lineage.get("eval"):
+        return tuple(suite["suite"] for suite in father.lineage["eval"].get("suites", []))
+    return ()
+
+
+def prepare(
+    father: str | Parent,
+    mother: str | Parent,
+    base: str | Parent | None = None,
+) -> tuple[Parent, Parent, Parent | None, CompatibilityReport]:
+    """Resolve the parents and check that every tensor pairs up, before any weight is read."""
+    father, mother, base = as_parent(father), as_parent(mother), as_parent(base)
+    report = check_parents(father, mother, base)
+    require_compatible(report)
+    return father, mother, base, report
+
+
+def make_plan(
+    father: Parent,
+    genome: Genome,
+    settings: BreedSettings,
+    mri: MriReport | None,
+    layers: LayerRatios | None = None,
+) -> MergePlan:
+    inventory = build_inventory(father.checkpoint.tensors, father.config)
+    if layers is not None:
+        layers.check_layers(max((s.layer for s in inventory.values() if s.layer is not None), default=-1) + 1)
+    ratios = mri.ratios(settings.mri.family_weights or None) if mri is not None else None
+    return build_plan(inventory, genome, settings.plan, ratios, layers)
+
+
+def _planned_tensors(father: Parent) -> list[PlannedTensor]:
+    return [PlannedTensor(name, info.dtype, info.shape) for name, info in sorted(father.checkpoint.tensors.items())]
+
+
+def write_child_weights(
+    folder: Path,
+    father: Parent,
+    mother: Parent,
+    base: Parent | None,
+    plan: MergePlan,
+    settings: BreedSettings,
+    *,
+    quiet: bool = True,
+    cancel: threading.Event | None = None,
+) -> list[str]:
+    """Stream every tensor through the plan into safetensors shards; return tensors with NaN or Inf."""
+    planned = _planned_tensors(father)
+    shards = plan_shards(planned, settings.max_shard_bytes)
+    names = (
+        [SINGLE_NAME]
+        if len(shards) == 1
+        else [f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors" for index in range(len(shards))]
+    )
+    nonfinite: list[str] = []
+    weight_map: dict[str, str] = {}
+    with tqdm(total=len(planned), desc="breeding", unit="tensor", disable=quiet) as progress:
+        for shard, file_name in zip(shards, names):
+            writer = SafetensorsStreamWriter(folder / file_name, shard)
+            try:
+                for tensor in shard:
+                    if cancel is not None and cancel.is_set():
+                        raise BreedCancelled("breed cancelled; no child was written")
+                    father_tensor = father.checkpoint.get(tensor.name)
+                    mother_tensor = mother.checkpoint.get(tensor.name)
+                    base_tensor = base.checkpoint.get(tensor.name) if base is not None else None
+                    child = merge_tensor(
+                        plan.entries[tensor.name], father_tensor, mother_tensor, base_tensor, plan.method, settings.seed, settings.plan
+                    )
+                    if child.is_floating_point() and not bool(torch.isfinite(child).all()):
+                        nonfinite.append(tensor.name)
+                    writer.write(tensor.name, child)
+                    weight_map[tensor.name] = file_name
+                    progress.update(1)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in planned)}, "weight_map": weight_map}
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return nonfinite
+
+
+def copy_model_files(father: Parent, folder: Path) -> list[str]:
+    """Copy the father's config, generation config, tokenizer and chat template into the child."""
+    copied = []
+    for name in CONFIG_FILES:
+        if (father.folder / name).is_file():
+            shutil.copy2(father.folder / name, folder / name)
+            copied.append(name)
+    copied += copy_tokenizer_files(father.folder, folder)
+    return copied
+
+
+def software_versions() -> dict:
+    import safetensors
+    import transformers
+
+    return {
+        "darwin_studio": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def breed(
+    father: str | Parent,
+    mother: str | Parent,
+    out: str | Path,
+    *,
+    base: str | Parent | None = None,
+    genome: Genome | None = None,
+    layers: LayerRatios | None = None,
+    settings: BreedSettings = BreedSettings(),
+    overwrite: bool = False,
+    quiet: bool = True,
+    cancel: threading.Event | None = None,
+    command: str | None = None,
+    mri: MriReport | None = None,
+) -> BreedResult:
+    """Breed a child of two parents into `out` and return its plan, record and health report."""
+    genome = genome or Genome()
+    out = Path(out)
+    father, mother, base, compatibility = prepare(father, mother, base)
+
+    needed_bytes = sum(t.nbytes for t in _planned_tensors(father)) + 64 * 1024 * 1024
+    check_output(out, needed_bytes, overwrite)
+
+    # Scan and plan before anything is written: the plan needs only headers and the MRI.
+    if mri is None and settings.plan.method == "darwin":
+        mri = scan(father, mother, base, settings.mri, quiet=quiet)
+    plan = make_plan(father, genome, settings, mri, layers)
+    logger.info("plan for %s x %s: %s", father.ref, mother.ref, plan.counts())
+
+    folder = temporary_folder(out)
+    try:
+        nonfinite = write_child_weights(folder, father, mother, base, plan, settings, quiet=quiet, cancel=cancel)
+        copy_model_files(father, folder)
+
+        health = None
+        if settings.run_health:
+            from .quick import child_health
+
+            health = child_health(folder, father, mother, mri, nonfinite, settings, quiet=quiet)
+        suites = settings.eval_suites if settings.eval_suites is not None else default_suites(father)
+        evaluation = None
+        if suites:
+            from .quick import evaluate_child
+
+            evaluation = evaluate_child(folder, father, mother, suites, settings.eval_split, quiet=quiet)
+
+        record = build_record(
+            folder, out.name, father, mother, base, genome, layers, settings, plan, mri, health, evaluation, command
+        )
+        if cancel is not None and cancel.is_set():
+            raise BreedCancelled("breed cancelled; no child was written")
+        move_into_place(folder, out)
+    except OSError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        translated = out_of_space_error(error, out, needed_bytes)
+        if translated is not None:
+            raise translated from None
+        raise
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    logger.info("child written to %s (health %s)", out, health.verdict if health else "skipped")
+    return BreedResult(out=out, plan=plan, record=record, health=health, compatibility=compatibility)
+
+
+def build_record(
+    folder: Path,
+    name: str,
+    father: Parent,
+    mother: Parent,
+    base: Parent | None,
+    genome: Genome,
+    layers: LayerRatios | None,
+    settings: BreedSettings,
+    plan: MergePlan,
+    mri: MriReport | None,
+    health: HealthReport | None,
+    evaluation: dict | None,
+    command: str | None,
+) -> dict:
+    """Write the model card, then `darwin.json` last, with the checksum of every weight file."""
+    registry = embedded_registry()
+
+    def parent_record(parent: Parent) -> dict:
+        record = parent.to_record()
+        entry = registry.get(parent.ref.removeprefix("embedded:")) if parent.ref.startswith("embedded:") else None
+        if entry and entry.get("hub_id"):
+            record["hub_id"] = entry["hub_id"]
+        return record
+
+    def parent_license(parent: Parent) -> str | None:
+        entry = registry.get(parent.ref.removeprefix("embedded:")) if parent.ref.startswith("embedded:") else None
+        if entry:
+            return entry.get("license")
+        source = Path(parent.ref).expanduser()
+        return read_front_matter_license(source if source.is_dir() else parent.folder)
+
+    record = {
+        "name": name,
+        "genome": genome.to_dict(),
+        "layers": layers.to_dict() if layers else None,
+        "parents": {
+            "father": parent_record(father),
+            "mother": parent_record(mother),
+            "base": parent_record(base) if base else None,
+        },
+        "generation": max(father.generation, mother.generation) + 1,
+        "seed": settings.seed,
+        "settings": settings.to_dict(),
+        "plan": plan.to_dict(),
+        "mri": mri.summary(settings.mri.family_weights or None) if mri else None,
+        "health": health.to_dict() if health else None,
+        "eval": evaluation,
+        "software": software_versions(),
+    }
+    record["command"] = command or reproduce_command(record)
+
+    from .hub import render_model_card
+
+    license_name = choose_license({p.ref: parent_license(p) for p in (father, mother)})
+    (folder / "README.md").write_text(render_model_card(card_metadata(record, license_name), card_body(record)), encoding="utf-8")
+
+    record["files"] = {
+        path.name: sha256_file(path) for path in sorted(folder.iterdir()) if path.suffix == ".safetensors" or path.name == INDEX_NAME
+    }
+    temporary = folder / f"{RECORD_NAME}.partial"
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    with open(temporary) as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, folder / RECORD_NAME)
+    return record
+
+
+def verify_child(folder: str | Path) -> list[str]:
+    """Check a child folder against its `darwin.json` checksums; return the problems found."""
+    folder = Path(folder)
+    record_path = folder / RECORD_NAME
+    if not record_path.is_file():
+        return [f"{folder}: no {RECORD_NAME}, so this is not a complete Darwin child"]
+    try:
+        record = json.loads(record_path.read_text())
+    except json.JSONDecodeError:
+        return [f"{record_path}: invalid JSON"]
+    problems = []
+    for name, expected in record.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is listed in {RECORD_NAME} but missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{name} does not match its checksum in {RECORD_NAME}; the file changed or is damaged")
+    return problems
+
+
+# --- in-memory breeding (evolution) ---------------------------------------------------------
+
+
+def load_tensors(parent: Parent) -> dict[str, torch.Tensor]:
+    """Read every tensor of a parent into memory once (the evolution loop reuses them)."""
+    return {name: parent.checkpoint.get(name) for name in sorted(parent.checkpoint.tensors)}
+
+
+def breed_tensors(
+    plan: MergePlan,
+    father: dict[str, torch.Tensor],
+    mother: dict[str, torch.Tensor],
+    base: dict[str, torch.Tensor] | None,
+    seed: int,
+    plan_settings: PlanSettings = PlanSettings(),
+) -> dict[str, torch.Tensor]:
+    """Apply a plan to tensors held in memory; gives the same tensors as the streaming breed."""
+    return {
+        name: merge_tensor(plan.entries[name], father[name], mother[name], base[name] if base else None, plan.method, seed, plan_settings)
+        for name in sorted(father)
+    }
