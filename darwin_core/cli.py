@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--mother", help="default: the mother named in the child's darwin.json")
     common(health)
     health.set_defaults(handler=cmd_health)
+
+    from .cli_more import add_more_commands
+
+    add_more_commands(commands, common, parent_options)
     return parser
 
 

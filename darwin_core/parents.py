@@ -75,13 +75,16 @@ class Parent:
 
     def to_record(self) -> dict:
         """Describe the parent for `darwin.json`: reference, kind, revision, file hashes, generation."""
-        return {
+        record = {
             "ref": self.ref,
             "kind": self.kind,
             "revision": self.revision,
             "generation": self.generation,
             "files": self.sources,
         }
+        if self.kind == "folder":
+            record["path"] = str(self.folder.resolve())  # lets lineage follow relative references later
+        return record
 
 
 def embedded_registry() -> dict[str, dict]:
@@ -106,9 +109,23 @@ def resolve_parent(ref: str) -> Parent:
     path = Path(ref).expanduser()
     if path.exists():
         return _resolve_path(ref, path)
-    if HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
+    if hub_reference(ref) is not None:
         return _resolve_hub(ref)
     raise ParentError(f"parent {ref!r} not found: no such file or folder, and it is not a Hub id of the form org/name")
+
+
+def hub_reference(ref: str) -> tuple[str, str | None] | None:
+    """Split a Hub reference `org/name[@revision]` into repo id and revision; None for anything else.
+
+    A reference that names an existing file or folder, or an embedded model, is not a Hub reference.
+    """
+    ref = str(ref).strip()
+    if ref.startswith(EMBEDDED_PREFIX) or ref.startswith((".", "/", "~")) or Path(ref).expanduser().exists():
+        return None
+    if not HUB_ID.match(ref):
+        return None
+    repo_id, _, revision = ref.partition("@")
+    return repo_id, revision or None
 
 
 def _resolve_embedded(ref: str) -> Parent:
@@ -155,19 +172,26 @@ def _is_adapter_only(path: Path) -> bool:
 
 
 def _reject_unsupported_config(path: Path) -> None:
-    config = read_config(path)
+    reason = unsupported_config_reason(read_config(path), str(path))
+    if reason:
+        raise ParentError(reason)
+
+
+def unsupported_config_reason(config: dict, source: str) -> str | None:
+    """The reason a checkpoint with this config.json cannot be a parent (quantized, custom code), or None."""
     quantization = config.get("quantization_config")
     if quantization:
         method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
-        raise ParentError(
-            f"{path}: config.json declares a {method}-quantized checkpoint. Darwin Studio merges full-precision "
+        return (
+            f"{source}: config.json declares a {method}-quantized checkpoint. Darwin Studio merges full-precision "
             "weights only: use the unquantized original, or its GGUF file, which is dequantised on load."
         )
     if config.get("auto_map"):
-        raise ParentError(
-            f"{path}: the architecture needs custom code (auto_map in config.json) and trust_remote_code is never "
+        return (
+            f"{source}: the architecture needs custom code (auto_map in config.json) and trust_remote_code is never "
             "enabled. Pick a checkpoint of an architecture that transformers ships."
         )
+    return None
 
 
 def _read_lineage(path: Path) -> dict | None:
@@ -184,8 +208,8 @@ def _read_lineage(path: Path) -> dict | None:
 def _resolve_hub(ref: str) -> Parent:
     from . import hub
 
-    repo_id, _, revision = ref.partition("@")
-    folder, commit = hub.fetch_parent(repo_id, revision or None)
+    repo_id, revision = hub_reference(ref)
+    folder, commit = hub.fetch_parent(repo_id, revision)
     parent = _resolve_path(ref, folder)
     parent.kind = "hub"
     parent.revision = commit

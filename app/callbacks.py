@@ -1,0 +1,394 @@
+"""Studio callbacks: validate input, call the engine, hand results to the figure and table builders.
+
+Every callback takes the session (`gr.State`) and returns it first among its outputs. A user
+mistake becomes a `gr.Error` with the engine's message; anything unexpected is logged with its
+traceback and shown as a short message.
+"""
+
+import functools
+import json
+import logging
+import shutil
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+
+from darwin_core.errors import DarwinError
+from darwin_core.genome import GENE_NAMES, PRESETS, Genome
+
+from . import plots, tables
+from .paths import check_user_path
+from .state import Session
+
+logger = logging.getLogger(__name__)
+
+PROBE_FAMILY_NAMES = ("reasoning", "code", "math", "knowledge", "language")
+ZIP_LIMIT_BYTES = 600 * 1024 * 1024
+
+
+def user_errors(function):
+    """Turn engine errors into `gr.Error` messages and hide tracebacks of unexpected ones."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (DarwinError, ValueError, FileNotFoundError) as error:
+            raise gr.Error(str(error)) from None
+        except Exception as error:
+            logger.exception("unexpected error in %s", function.__name__)
+            raise gr.Error(f"Unexpected error ({type(error).__name__}); details are in the server log.") from None
+
+    return wrapper
+
+
+def _session(session: Session | None) -> Session:
+    return session if session is not None else Session.create()
+
+
+def _clean_ref(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None
+
+
+def _resolve(ref: str | None, session: Session):
+    from darwin_core.parents import resolve_parent
+
+    if ref is None:
+        return None
+    if not ref.startswith("embedded:") and (Path(ref).expanduser().exists() or ref.startswith(("/", ".", "~"))):
+        check_user_path(ref, session.workdir)
+    return resolve_parent(ref)
+
+
+def genome_from_values(values) -> Genome:
+    return Genome(**{name: float(value) for name, value in zip(GENE_NAMES, values)})
+
+
+def family_weights_from_values(values) -> dict[str, float]:
+    return {family: float(value) for family, value in zip(PROBE_FAMILY_NAMES, values)}
+
+
+# --- parents ----------------------------------------------------------------------------------
+
+
+def parent_choices() -> list[str]:
+    """Embedded models first, then models in the local Hugging Face cache (no network)."""
+    from darwin_core.parents import embedded_registry
+
+    choices = [f"embedded:{name}" for name in embedded_registry()]
+    try:
+        from darwin_core.hub import cached_models
+
+        choices += [model.repo_id for model in cached_models()]
+    except (ImportError, AttributeError, DarwinError, OSError):
+        logger.debug("local Hugging Face cache not listed", exc_info=True)
+    return choices
+
+
+@user_errors
+def check_parents(father, mother, base, session):
+    """Resolve the parents from headers only and show the compatibility report."""
+    from darwin_core.compat import check_parents as build_report
+
+    session = _session(session)
+    father, mother, base = _clean_ref(father), _clean_ref(mother), _clean_ref(base)
+    if father is None or mother is None:
+        raise gr.Error("Choose both a father and a mother.")
+    if session.parents_changed(father, mother, base) or session.parents is None:
+        session.reset_parents(father, mother, base)
+        parents = (_resolve(father, session), _resolve(mother, session), _resolve(base, session))
+        session.parents = parents
+        session.compatibility = build_report(*parents)
+    report = session.compatibility
+    return session, tables.compatibility_table(report), tables.compatibility_summary(report)
+
+
+def _require_compatible(session: Session):
+    from darwin_core.compat import require_compatible
+
+    if session.parents is None:
+        raise gr.Error("Check the parents on the Parents tab first.")
+    require_compatible(session.compatibility)
+    return session.parents
+
+
+# --- MRI --------------------------------------------------------------------------------------
+
+
+def _mri_figures(session: Session, weights: dict, genome: Genome):
+    report = session.mri
+    plan = _plan(session, genome, weights)
+    return (
+        plots.static_heatmap(report, "a"),
+        plots.static_heatmap(report, "b"),
+        plots.probe_heatmap(report, "a"),
+        plots.probe_heatmap(report, "b"),
+        plots.mri_ratio_heatmap(report, weights),
+        plots.plan_heatmap(plan, report.num_layers, f"Transplants at trust {genome.mri_trust:.2f}"),
+        plots.sibling_figure(report),
+    )
+
+
+@user_errors
+def scan_parents(session, *values, progress=gr.Progress(track_tqdm=True)):
+    """Run (or reuse) the MRI scan and draw every MRI figure."""
+    from darwin_core.mri import MriSettings, scan
+
+    session = _session(session)
+    father, mother, base = _require_compatible(session)
+    weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
+    genome = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
+    if session.mri is None:
+        progress(0.05, desc="Scanning both parents")
+        session.mri = scan(father, mother, base, MriSettings(), quiet=False)
+    return (session, *_mri_figures(session, weights, genome))
+
+
+@user_errors
+def reweight(session, *values):
+    """Redraw the ratio and transplant maps for new probe family weights or genes, without rescanning."""
+    if session is None or session.mri is None:
+        return (session, gr.skip(), gr.skip())
+    weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
+    genome = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
+    plan = _plan(session, genome, weights)
+    return (
+        session,
+        plots.mri_ratio_heatmap(session.mri, weights),
+        plots.plan_heatmap(plan, session.mri.num_layers, f"Transplants at trust {genome.mri_trust:.2f}"),
+    )
+
+
+# --- genome and plan --------------------------------------------------------------------------
+
+
+def _plan(session: Session, genome: Genome, weights: dict | None = None, method: str = "darwin"):
+    from darwin_core.breed import BreedSettings, make_plan
+    from darwin_core.mri import MriSettings
+    from darwin_core.plan import PlanSettings
+
+    father = session.parents[0]
+    settings = BreedSettings(plan=PlanSettings(method=method), mri=MriSettings(family_weights=weights or {}))
+    return make_plan(father, genome, settings, session.mri)
+
+
+@user_errors
+def update_plan(session, *values):
+    """Live plan view: ratio heatmap and counts for the current sliders, without breeding."""
+    if session is None or session.parents is None:
+        return (session, gr.skip(), gr.skip(), "Check the parents first to see the plan.")
+    weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
+    genome = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
+    plan = _plan(session, genome, weights)
+    num_layers = max((e.layer for e in plan.entries.values() if e.layer is not None), default=-1) + 1
+    note = "" if session.mri is not None else "No MRI scan yet: r_MRI counts as 0.5 until you scan on the MRI tab."
+    return session, plots.plan_heatmap(plan, num_layers), tables.plan_counts_table(plan), note
+
+
+def apply_preset(name: str):
+    """Slider values of a named preset."""
+    if name not in PRESETS:
+        raise gr.Error(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    genome = PRESETS[name]
+    return [getattr(genome, gene) for gene in GENE_NAMES]
+
+
+@user_errors
+def import_genome(path):
+    """Slider values from an uploaded genome JSON (14 genes, or a child's darwin.json)."""
+    from darwin_core.genome import load_genome
+
+    if not path:
+        raise gr.Error("Upload a genome JSON file first.")
+    genome = load_genome(path)
+    return [getattr(genome, gene) for gene in GENE_NAMES]
+
+
+@user_errors
+def export_genome(session, *genes):
+    session = _session(session)
+    genome = genome_from_values(genes)
+    path = session.workdir / "genome.json"
+    path.write_text(json.dumps(genome.to_dict(), indent=2) + "\n")
+    return session, str(path)
+
+
+# --- breed, evaluate, chat --------------------------------------------------------------------
+
+
+@user_errors
+def breed_child(session, suites, seed, method, ratio, density, *values, progress=gr.Progress(track_tqdm=True)):
+    """Breed into the session folder, then show eval, health and the card preview."""
+    from darwin_core.breed import BreedSettings, breed
+    from darwin_core.mri import MriSettings
+    from darwin_core.plan import PlanSettings
+
+    session = _session(session)
+    father, mother, base = _require_compatible(session)
+    weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
+    genome = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
+    settings = BreedSettings(
+        seed=int(seed),
+        plan=PlanSettings(method=method, ratio=float(ratio), density=float(density)),
+        mri=MriSettings(family_weights=weights),
+        eval_suites=tuple(suites or ()),
+    )
+    session.cancel.clear()
+    progress(0.0, desc="Breeding")
+    result = breed(
+        father, mother, session.next_child_folder(), base=base, genome=genome, settings=settings,
+        quiet=False, cancel=session.cancel, mri=session.mri if method == "darwin" else None,
+    )
+    session.child, session.record, session.health = result.out, result.record, result.health
+    session.models.pop("child", None)
+    return (session, *_child_outputs(session))
+
+
+def _child_outputs(session: Session):
+    record = session.record
+    counts = record["plan"]
+    status = (
+        f"**Child ready** in `{session.child.name}`: {counts['transplant_a']} tensors from the father, "
+        f"{counts['transplant_b']} from the mother, {counts['blended']} blended."
+    )
+    health = session.health
+    if health is not None:
+        verdict = f"**Health: {health.verdict}**" + "".join(f"\n- {reason}" for reason in health.reasons)
+        health_plot = plots.health_figure(health)
+    else:
+        verdict, health_plot = "Health check skipped.", None
+    card = (session.child / "README.md").read_text(encoding="utf-8")
+    return status, tables.eval_table(record.get("eval")), tables.eval_note(record.get("eval")), verdict, health_plot, card
+
+
+def cancel_breed(session):
+    if session is not None:
+        session.cancel.set()
+    return "Cancel requested: the running step stops at the next tensor and leaves no partial child."
+
+
+@user_errors
+def chat_all(session, prompt, max_new_tokens=48):
+    """Send one prompt to father, mother and child; return the three replies."""
+    from darwin_core.chat import reply
+
+    if not (prompt or "").strip():
+        raise gr.Error("Type a prompt first.")
+    session = _session(session)
+    father, mother, _ = _require_compatible(session)
+    answers = []
+    for key, folder in (("father", father.folder), ("mother", mother.folder), ("child", session.child)):
+        if folder is None:
+            answers.append("(breed a child first)")
+            continue
+        model, tokenizer = session.load_model(key, folder)
+        answers.append(reply(model, tokenizer, prompt, max_new_tokens=int(max_new_tokens)) or "(empty reply)")
+    return (session, *answers)
+
+
+# --- save and publish -------------------------------------------------------------------------
+
+
+def _require_child(session: Session | None) -> Session:
+    if session is None or session.child is None or not session.child.is_dir():
+        raise gr.Error("Breed a child first.")
+    return session
+
+
+@user_errors
+def save_child(session, target):
+    """Copy the child folder to a folder the user names."""
+    session = _require_child(session)
+    target = (target or "").strip()
+    if not target:
+        raise gr.Error("Type the folder to save the child into.")
+    destination = check_user_path(target, session.workdir, must_exist=False)
+    if destination.exists():
+        raise gr.Error(f"{destination} already exists; choose a new folder name.")
+    shutil.copytree(session.child, destination)
+    files = sorted(path.name for path in destination.iterdir())
+    return session, f"Saved to `{destination}`: {', '.join(files)}"
+
+
+@user_errors
+def zip_child(session):
+    """A zip of the child folder for download (small models only)."""
+    session = _require_child(session)
+    size = sum(path.stat().st_size for path in session.child.iterdir())
+    if size > ZIP_LIMIT_BYTES:
+        raise gr.Error(f"The child is {size / 2**20:.0f} MiB; zips are offered up to {ZIP_LIMIT_BYTES / 2**20:.0f} MiB. Save it to a folder instead.")
+    archive = session.workdir / f"{session.child.name}.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(session.child.iterdir()):
+            bundle.write(path, arcname=f"{session.child.name}/{path.name}")
+    return session, str(archive)
+
+
+@user_errors
+def token_status(token):
+    from darwin_core.hub import token_status as check
+
+    status = check(token or None)
+    if not status.valid:
+        return "No valid token: set HF_TOKEN on the server or paste a token with write access."
+    return f"Token of **{status.user}**: " + ("can write." if status.can_write else "read-only; pushing needs a token with write access.")
+
+
+@user_errors
+def push_child(session, repo_id, private, token, progress=gr.Progress(track_tqdm=True)):
+    from darwin_core.hub import push_child as push
+
+    session = _require_child(session)
+    repo_id = (repo_id or "").strip()
+    if not repo_id:
+        raise gr.Error("Type the repository name, for example your-name/darwin-child.")
+    url = push(session.child, repo_id, private=bool(private), token=token or None)
+    return session, f"Pushed to {url}"
+
+
+# --- family tree ------------------------------------------------------------------------------
+
+
+@user_errors
+def family_tree(session):
+    from darwin_core.lineage import lineage
+
+    session = _require_child(session)
+    return session, plots.lineage_figure(lineage(session.child))
+
+
+@user_errors
+def child_as_parent(session):
+    """Start the next generation: the current child becomes the father."""
+    session = _require_child(session)
+    return session, gr.update(value=str(session.child)), gr.update(selected="parents")
+
+
+# --- Hub search -------------------------------------------------------------------------------
+
+
+@user_errors
+def hub_search(query, same_type, sort, father):
+    """Search the Hub; with `same_type`, only models of the father's model type."""
+    from darwin_core import hub
+
+    model_type = None
+    father = _clean_ref(father)
+    if same_type and father and (father.startswith("embedded:") or Path(father).expanduser().exists()):
+        from darwin_core.parents import resolve_parent
+
+        model_type = resolve_parent(father).config.get("model_type")
+    results = hub.search_models(query or None, model_type=model_type, sort=sort, limit=20)
+    rows = [model.to_row() for model in results]
+    note = f"{len(rows)} models" + (f" of type `{model_type}`" if model_type else "") + ". Select a row to use it as the mother."
+    return tables.hub_results_table(rows), note
+
+
+def hub_pick(table, event: gr.SelectData):
+    """The repository id of the selected result row."""
+    row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+    return table.iloc[row]["id"]

@@ -1,0 +1,76 @@
+"""Per-session state of the studio, kept in `gr.State` and closed when the session ends."""
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Child folders of every session live under this root, one temporary folder per session.
+SESSIONS_ROOT = Path(os.environ.get("DARWIN_SESSIONS_DIR", Path(tempfile.gettempdir()) / "darwin-studio-sessions"))
+
+
+@dataclass
+class Session:
+    """What one browser session has loaded and bred. Never shared between sessions."""
+
+    workdir: Path
+    father_ref: str | None = None
+    mother_ref: str | None = None
+    base_ref: str | None = None
+    parents: tuple | None = None
+    compatibility: object | None = None
+    mri: object | None = None
+    child: Path | None = None
+    record: dict | None = None
+    health: object | None = None
+    models: dict = field(default_factory=dict)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    evolution: object | None = None
+    children_bred: int = 0
+
+    @classmethod
+    def create(cls) -> "Session":
+        SESSIONS_ROOT.mkdir(parents=True, exist_ok=True)
+        return cls(workdir=Path(tempfile.mkdtemp(prefix="session-", dir=SESSIONS_ROOT)))
+
+    def parents_changed(self, father: str | None, mother: str | None, base: str | None) -> bool:
+        return (father, mother, base) != (self.father_ref, self.mother_ref, self.base_ref)
+
+    def reset_parents(self, father: str | None, mother: str | None, base: str | None) -> None:
+        """Forget everything derived from the previous parents."""
+        self.father_ref, self.mother_ref, self.base_ref = father, mother, base
+        self.parents = self.compatibility = self.mri = None
+        self.models.clear()
+
+    def next_child_folder(self) -> Path:
+        self.children_bred += 1
+        return self.workdir / f"child-{self.children_bred}"
+
+    def load_model(self, key: str, folder: Path):
+        """Load a model once per session (father, mother, child) for chat and evaluation."""
+        from darwin_core.modeling import load_model
+
+        cached = self.models.get(key)
+        if cached is None or cached[0] != folder:
+            model, tokenizer = load_model(folder)
+            cached = (folder, model, tokenizer)
+            self.models[key] = cached
+        return cached[1], cached[2]
+
+    def close(self) -> None:
+        """Free loaded models and delete this session's files."""
+        self.cancel.set()
+        self.models.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        logger.info("session closed, removed %s", self.workdir)
+
+
+def close_session(session: "Session | None") -> None:
+    """`gr.State` delete callback: runs when the session ends or expires."""
+    if session is not None:
+        session.close()

@@ -1,0 +1,117 @@
+"""Pure table builders: engine results in, pandas DataFrames out."""
+
+import pandas as pd
+
+from darwin_core.compat import CompatibilityReport
+from darwin_core.plan import MergePlan
+
+_COMPAT_ROWS = (
+    ("model type", "model_type"),
+    ("architecture", "architecture"),
+    ("layers", "num_layers"),
+    ("hidden size", "hidden_size"),
+    ("FFN size", "intermediate_size"),
+    ("vocabulary", "vocab_size"),
+    ("tied embeddings", "tie_word_embeddings"),
+    ("parameters", "parameter_count"),
+    ("dtypes", "dtypes"),
+)
+
+
+def compatibility_table(report: CompatibilityReport) -> pd.DataFrame:
+    """One row per property, one column per parent (and the base when given)."""
+    summaries = {"father": report.father, "mother": report.mother}
+    if report.base is not None:
+        summaries["base"] = report.base
+    rows = []
+    for label, key in _COMPAT_ROWS:
+        row = {"property": label}
+        for role, summary in summaries.items():
+            value = getattr(summary, key)
+            row[role] = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else ", ".join(value) if isinstance(value, tuple) else str(value)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compatibility_summary(report: CompatibilityReport) -> str:
+    """Markdown verdict under the table."""
+    verdict = "compatible: every tensor pairs up" if report.compatible else "not compatible"
+    lines = [
+        f"**{verdict}** (score {report.score:.2f}; same family: {'yes' if report.same_family else 'no'}; "
+        f"{report.matched} tensors matched)"
+    ]
+    if report.shape_mismatched:
+        name, a, b = report.shape_mismatched[0]
+        lines.append(f"- {len(report.shape_mismatched)} tensors differ in shape, e.g. `{name}`: {tuple(a)} vs {tuple(b)}")
+    if report.only_father:
+        lines.append(f"- {len(report.only_father)} tensors only in the father, e.g. `{report.only_father[0]}`")
+    if report.only_mother:
+        lines.append(f"- {len(report.only_mother)} tensors only in the mother, e.g. `{report.only_mother[0]}`")
+    lines += [f"- base: {problem}" for problem in report.base_problems[:3]]
+    return "\n".join(lines)
+
+
+def plan_counts_table(plan: MergePlan) -> pd.DataFrame:
+    """Transplant and blend counts per component."""
+    rows: dict[str, dict[str, int]] = {}
+    for entry in plan.entries.values():
+        row = rows.setdefault(entry.component, {"component": entry.component, "from father": 0, "from mother": 0, "blended": 0})
+        key = {"transplant_a": "from father", "transplant_b": "from mother", "blend": "blended"}[entry.action.value]
+        row[key] += 1
+    counts = plan.counts()
+    total = {"component": "all", "from father": counts["transplant_a"], "from mother": counts["transplant_b"], "blended": counts["blended"]}
+    return pd.DataFrame([*sorted(rows.values(), key=lambda r: r["component"]), total])
+
+
+def eval_table(evaluation: dict | None) -> pd.DataFrame:
+    """Accuracy with 95% interval per suite and model, and the child's paired record against each parent."""
+    columns = ["suite", "model", "accuracy", "95% interval", "n", "child wins", "child losses", "p-value"]
+    if not evaluation:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for suite in evaluation.get("suites", []):
+        paired = {p["against"]: p for p in suite.get("paired", [])}
+        for result in suite["results"]:
+            match = paired.get(result["model"])
+            rows.append({
+                "suite": f"{suite['suite']} ({suite['split']})",
+                "model": result["model"],
+                "accuracy": round(result["accuracy"], 3),
+                "95% interval": f"[{result['ci95'][0]:.3f}, {result['ci95'][1]:.3f}]",
+                "n": result["n"],
+                "child wins": match["wins"] if match else "",
+                "child losses": match["losses"] if match else "",
+                "p-value": round(match["p_value"], 4) if match else "",
+            })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def eval_note(evaluation: dict | None) -> str:
+    """A sentence on whether the child's difference from each parent is more than noise."""
+    if not evaluation:
+        return ""
+    notes = []
+    for suite in evaluation.get("suites", []):
+        for paired in suite.get("paired", []):
+            verdict = "a real difference" if paired["p_value"] < 0.05 else "within noise on this suite size"
+            direction = "better" if paired["wins"] > paired["losses"] else "worse" if paired["wins"] < paired["losses"] else "level"
+            notes.append(f"- `{suite['suite']}`: child {direction} than {paired['against']} ({paired['wins']} wins, {paired['losses']} losses, p = {paired['p_value']:.3g}): {verdict}.")
+    return "\n".join(notes)
+
+
+def health_table(health) -> pd.DataFrame:
+    return pd.DataFrame([
+        {
+            "layer": row["layer"],
+            "child": round(row["child"], 4),
+            "father": round(row["father"], 4),
+            "mother": round(row["mother"], 4),
+            "flagged": row["direction"] or "",
+        }
+        for row in health.layers
+    ])
+
+
+def hub_results_table(rows: list[dict]) -> pd.DataFrame:
+    columns = ["id", "architecture", "parameters", "downloads", "license", "gated"]
+    return pd.DataFrame([{column: row.get(column, "") for column in columns} for row in rows], columns=columns)
