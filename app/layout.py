@@ -4,9 +4,9 @@ import gradio as gr
 
 from darwin_core.choices import MERGE_METHODS, PRESET_NAMES
 from darwin_core.evaluate import list_suites
-from darwin_core.genome import GENE_GROUPS, GENE_HELP, Genome
+from darwin_core.genome import GENE_GROUPS, GENE_HELP, GENE_NAMES, Genome
 
-from . import callbacks
+from . import callbacks, evolve_callbacks
 from .state import close_session
 
 DEFAULT_FATHER = "embedded:tiny-arith"
@@ -124,7 +124,34 @@ def build_demo() -> gr.Blocks:
 
             # --- Evolve ----------------------------------------------------------------------
             with gr.Tab("5 · Evolve", id="evolve"):
-                evolve_area = gr.Column()
+                gr.Markdown("CMA-ES searches the genome, trust gene included, scoring each in-memory child on the "
+                            "suites' **search** split. The best child is then bred and scored on the **test** split, "
+                            "which the search never saw. The start genome is the current sliders.")
+                with gr.Row():
+                    population = gr.Number(8, label="Population", precision=0, minimum=4, elem_id="evolve-population")
+                    generations = gr.Number(10, label="Generations", precision=0, minimum=1, elem_id="evolve-generations")
+                    sigma = gr.Slider(0.01, 1.0, value=0.2, step=0.01, label="Initial sigma")
+                    evolve_seed = gr.Number(0, label="Seed", precision=0)
+                    space = gr.Radio(["genome", "layers"], value="genome", label="Genome space",
+                                     info="layers: one attention and one FFN ratio per layer, plus trust")
+                with gr.Row():
+                    frozen = gr.CheckboxGroup(list(GENE_NAMES), label="Frozen genes (kept at the start value)")
+                with gr.Row():
+                    evolve_suites = gr.CheckboxGroup(list_suites(), value=[s for s in DEFAULT_SUITES if s in list_suites()],
+                                                     label="Fitness suites", elem_id="evolve-suites")
+                    time_budget = gr.Number(None, label="Time budget (s, empty = none)")
+                    candidate_budget = gr.Number(None, label="Candidate budget (empty = none)", precision=0)
+                    backend = gr.Radio(["local", "ray"], value="local", label="Backend")
+                with gr.Row():
+                    evolve_button = gr.Button("Evolve", variant="primary", elem_id="evolve-button")
+                    resume_button = gr.Button("Resume last run", elem_id="resume-button")
+                    evolve_cancel = gr.Button("Cancel", variant="stop", elem_id="evolve-cancel")
+                    ablation_button = gr.Button("Trust ablation (3 runs)", elem_id="ablation-button")
+                evolve_status = gr.Markdown(elem_id="evolve-status")
+                with gr.Row():
+                    fitness_plot = gr.Plot(label="Fitness per generation", elem_id="fitness-plot")
+                    best_genome = gr.Dataframe(label="Best genome so far", interactive=False, elem_id="best-genome")
+                ablation_table = gr.Dataframe(label="Trust ablation (test split)", interactive=False, elem_id="ablation-table")
 
             # --- Save and publish ------------------------------------------------------------
             with gr.Tab("6 · Save & publish", id="save"):
@@ -204,7 +231,19 @@ def build_demo() -> gr.Blocks:
         hub_button.click(callbacks.hub_search, [hub_query, hub_same_type, hub_sort, father], [hub_results, hub_note])
         hub_results.select(callbacks.hub_pick, [hub_results], [mother])
 
-        demo.evolve_area = evolve_area
+        evolve_inputs = [session, population, generations, sigma, evolve_seed, space, frozen, evolve_suites, time_budget,
+                         candidate_budget, backend]
+        evolve_outputs = [session, evolve_status, fitness_plot, best_genome, *genes,
+                          breed_status, eval_table, eval_note, health_verdict, health_plot, card_preview]
+        resume_flag_off, resume_flag_on = gr.State(False), gr.State(True)
+        evolve_event = evolve_button.click(evolve_callbacks.run_evolution, [*evolve_inputs, resume_flag_off, *weights_and_genes],
+                                           evolve_outputs, concurrency_id="heavy")
+        resume_event = resume_button.click(evolve_callbacks.run_evolution, [*evolve_inputs, resume_flag_on, *weights_and_genes],
+                                           evolve_outputs, concurrency_id="heavy")
+        evolve_cancel.click(evolve_callbacks.cancel_evolution, [session], [evolve_status])
+        ablation_button.click(evolve_callbacks.run_ablation,
+                              [session, population, generations, sigma, evolve_seed, evolve_suites, *weights_and_genes],
+                              [session, ablation_table], concurrency_id="heavy")
         demo.components = {
             "session": session, "father": father, "mother": mother, "base": base, "genes": gene_sliders,
             "family_sliders": family_sliders, "suites": suites, "tabs": tabs,

@@ -8,6 +8,7 @@ with status 1 and a one-line reason.
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -159,12 +160,16 @@ def cmd_breed(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import load_suite, score_model, suite_report
+    from .evaluate import load_suite, suite_report
+    from .harness import is_harness_suite
     from .modeling import load_model
     from .parents import resolve_parent
-    from .quick import parent_score
+    from .quick import parent_score, score_suite
 
-    load_suite(args.suite, args.split)  # fail fast on a bad suite before loading any model
+    if args.lm_eval_include:
+        os.environ["DARWIN_LM_EVAL_INCLUDE"] = args.lm_eval_include
+    if not is_harness_suite(args.suite):
+        load_suite(args.suite, args.split)  # fail fast on a bad suite before loading any model
     named = []
     for ref in args.refs:
         parent = resolve_parent(ref)
@@ -172,7 +177,7 @@ def cmd_eval(args) -> None:
             named.append((ref, parent_score(parent, args.suite, args.split, quiet=args.quiet)))
         else:
             model, tokenizer = load_model(parent.folder)
-            named.append((ref, score_model(model, tokenizer, load_suite(args.suite, args.split), quiet=args.quiet)))
+            named.append((ref, score_suite(model, tokenizer, args.suite, args.split, quiet=args.quiet)))
     report = suite_report(args.suite, args.split, named)
     lines = [f"suite {args.suite}, split {args.split}"]
     for row in report["results"]:
@@ -262,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="quick eval of models on a suite; the last model is compared with each other one")
     evaluate.add_argument("refs", nargs="+", metavar="REF", help="models to score (put the child last)")
-    evaluate.add_argument("--suite", required=True, help="suite name in assets/evals or a path to a .jsonl file")
+    evaluate.add_argument("--suite", required=True, help="suite name in assets/evals, a .jsonl path, or lm_eval:TASK for an lm-evaluation-harness task")
+    evaluate.add_argument("--lm-eval-include", help="folder of local lm-evaluation-harness YAML tasks")
     evaluate.add_argument("--split", default="test", choices=SPLITS, help="split to score (default test)")
     common(evaluate)
     evaluate.set_defaults(handler=cmd_eval)

@@ -1,7 +1,6 @@
 """`darwin evolve` and `darwin lineage`."""
 
-import json
-import sys
+import os
 
 from .choices import PRESET_NAMES
 
@@ -26,6 +25,8 @@ def cmd_evolve(args) -> None:
     from .mri import MriSettings
     from .parents import resolve_parent
 
+    if args.lm_eval_include:
+        os.environ["DARWIN_LM_EVAL_INCLUDE"] = args.lm_eval_include
     start, _ = _genome_from_args(args)
     suites = _suites(args.suite)
     if suites is None:
@@ -94,6 +95,7 @@ def add_evolve_commands(commands, common, parent_options) -> None:
                         help="genome: the 14 genes; layers: one attention and one FFN ratio per layer plus trust")
     evolve.add_argument("--freeze", action="append", metavar="GENE", help="keep this gene at its start value (repeatable)")
     evolve.add_argument("--suite", action="append", metavar="NAME[=WEIGHT]", help="fitness suite and weight (repeatable); default: the family's suites")
+    evolve.add_argument("--lm-eval-include", help="folder of local lm-evaluation-harness YAML tasks for lm_eval:TASK suites")
     evolve.add_argument("--max-items", type=int, help="score candidates on at most this many search items per suite (fixed sample)")
     evolve.add_argument("--time-budget", type=float, help="stop the search after this many seconds")
     evolve.add_argument("--candidate-budget", type=int, help="stop the search after this many candidates")

@@ -28,6 +28,7 @@ from .breed import BreedSettings, breed_tensors, load_tensors, prepare
 from .errors import DarwinError, GenomeError
 from .evaluate import EncodedSuite, load_suite, score_model
 from .genome import GENE_NAMES, Genome, LayerRatios, genome_ratio
+from .harness import HarnessSuite, is_harness_suite
 from .inventory import Component, build_inventory
 from .modeling import load_tokenizer, load_tensors_into, model_from_tensors
 from .mri import scan
@@ -60,8 +61,9 @@ class EvolveSettings:
     ray_workers: int = 2
 
     def __post_init__(self):
-        if self.population < 2:
-            raise DarwinError(f"population must be at least 2, got {self.population}")
+        if self.population < 4:
+            # With fewer than 4 candidates CMA-ES keeps one parent and its rank-mu update divides by zero.
+            raise DarwinError(f"population must be at least 4, got {self.population}")
         if self.generations < 1:
             raise DarwinError(f"generations must be at least 1, got {self.generations}")
         if not 0.0 < self.sigma <= 1.0:
@@ -171,43 +173,83 @@ def layers_from_genome(genome: Genome, inventory, num_layers: int, weights) -> L
     return LayerRatios(attn=tuple(attn), ffn=tuple(ffn))
 
 
-class CandidateEvaluator:
-    """Everything a candidate needs, loaded once: parent tensors, MRI ratios, the reusable model
-    and the tokenised search split. `evaluate(vector)` never raises."""
+@dataclass
+class EvaluationContext:
+    """Everything needed to score candidates, built once per run and picklable, so a Ray
+    worker can receive it through the object store: parent tensors, MRI ratios, the plan
+    inputs, the tokenizer and the sampled search items."""
 
-    def __init__(self, father, mother, base, codec: GenomeCodec, breed_settings: BreedSettings, mri, suites, max_items, seed):
-        self.codec = codec
-        self.breed_settings = breed_settings
-        self.inventory = build_inventory(father.checkpoint.tensors, father.config)
-        self.ratios = mri.ratios(breed_settings.mri.family_weights or None) if mri is not None else None
-        self.father = load_tensors(father)
-        self.mother = load_tensors(mother)
-        self.base = load_tensors(base) if base is not None else None
-        self.seed = seed
-        self.model = model_from_tensors(father.config, self.father)
-        self.tokenizer = load_tokenizer(father.folder)
-        self.suites = []
-        for name, weight in suites:
-            items = load_suite(name, "search")
-            if max_items is not None and len(items) > max_items:
-                order = np.random.default_rng(seed).permutation(len(items))[:max_items]
-                items = [items[i] for i in sorted(order)]
-            self.suites.append((name, weight, EncodedSuite(items, self.tokenizer)))
+    config: dict
+    tokenizer: object
+    inventory: dict
+    ratios: dict | None
+    codec: GenomeCodec
+    breed_settings: BreedSettings
+    suites: list[tuple[str, float, list | None]]
+    seed: int
+    max_items: int | None
+    father: dict
+    mother: dict
+    base: dict | None
+
+
+def build_context(father, mother, base, codec: GenomeCodec, breed_settings: BreedSettings, mri, settings: EvolveSettings) -> EvaluationContext:
+    suites = []
+    for name, weight in settings.suites:
+        if is_harness_suite(name):
+            suites.append((name, weight, None))  # the worker builds the harness task itself
+            continue
+        items = load_suite(name, "search")
+        if settings.max_items is not None and len(items) > settings.max_items:
+            # A fixed sample for the whole run, so every candidate sees the same items.
+            order = np.random.default_rng(settings.seed).permutation(len(items))[: settings.max_items]
+            items = [items[i] for i in sorted(order)]
+        suites.append((name, weight, items))
+    return EvaluationContext(
+        config=father.config,
+        tokenizer=load_tokenizer(father.folder),
+        inventory=build_inventory(father.checkpoint.tensors, father.config),
+        ratios=mri.ratios(breed_settings.mri.family_weights or None) if mri is not None else None,
+        codec=codec,
+        breed_settings=breed_settings,
+        suites=suites,
+        seed=breed_settings.seed,
+        max_items=settings.max_items,
+        father=load_tensors(father),
+        mother=load_tensors(mother),
+        base=load_tensors(base) if base is not None else None,
+    )
+
+
+class CandidateEvaluator:
+    """Scores candidates with one reusable model built from the context; `evaluate` never raises."""
+
+    def __init__(self, context: EvaluationContext):
+        self.context = context
+        self.model = model_from_tensors(context.config, context.father)
+        self.suites = [
+            (name, weight, HarnessSuite(name, "search", max_items=context.max_items, seed=context.seed) if items is None else EncodedSuite(items, context.tokenizer))
+            for name, weight, items in context.suites
+        ]
 
     def evaluate(self, vector, generation: int = 0, index: int = 0) -> Candidate:
+        context = self.context
         started = time.perf_counter()
-        genome, layers = self.codec.decode(vector)
+        genome, layers = context.codec.decode(vector)
         candidate = Candidate(generation, index, [float(v) for v in vector], genome.to_dict(), layers.to_dict() if layers else None, FAILED_FITNESS)
         try:
-            plan = build_plan(self.inventory, genome, self.breed_settings.plan, self.ratios, layers)
-            tensors = breed_tensors(plan, self.father, self.mother, self.base, self.seed, self.breed_settings.plan)
+            plan = build_plan(context.inventory, genome, context.breed_settings.plan, context.ratios, layers)
+            tensors = breed_tensors(plan, context.father, context.mother, context.base, context.seed, context.breed_settings.plan)
             bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
             if bad:
                 raise FloatingPointError(f"merged weights hold NaN or Inf, for example {bad[0]}")
             load_tensors_into(self.model, tensors)
             total = weight_sum = 0.0
-            for name, weight, encoded in self.suites:
-                score = score_model(self.model, self.tokenizer, encoded)
+            for name, weight, suite in self.suites:
+                if isinstance(suite, HarnessSuite):
+                    score = suite.score(self.model, context.tokenizer)
+                else:
+                    score = score_model(self.model, context.tokenizer, suite)
                 candidate.scores[name] = score.accuracy
                 total += weight * score.accuracy
                 weight_sum += weight
@@ -266,6 +308,7 @@ class Evolution:
         self.candidates: list[Candidate] = []
         self.history: list[dict] = []
         self._evaluator = None
+        self._context = None
         self._started = time.perf_counter()
         self.mri = None
 
@@ -311,14 +354,17 @@ class Evolution:
 
     # --- the search ---------------------------------------------------------------------------
 
-    def evaluator(self) -> CandidateEvaluator:
-        if self._evaluator is None:
+    def context(self) -> EvaluationContext:
+        """Scan once (cached) and load everything candidates need."""
+        if self._context is None:
             if self.mri is None and self.breed_settings.plan.method == "darwin":
                 self.mri = scan(self.father, self.mother, self.base, self.breed_settings.mri, quiet=self.quiet)
-            self._evaluator = CandidateEvaluator(
-                self.father, self.mother, self.base, self.codec, self.breed_settings, self.mri,
-                self.settings.suites, self.settings.max_items, self.settings.seed,
-            )
+            self._context = build_context(self.father, self.mother, self.base, self.codec, self.breed_settings, self.mri, self.settings)
+        return self._context
+
+    def evaluator(self) -> CandidateEvaluator:
+        if self._evaluator is None:
+            self._evaluator = CandidateEvaluator(self.context())
         return self._evaluator
 
     def _optimizer(self):

@@ -10,7 +10,8 @@ import logging
 import os
 from pathlib import Path
 
-from .evaluate import EncodedSuite, SuiteScore, load_suite, score_model, suite_digest, suite_report
+from .evaluate import SuiteScore, load_suite, score_model, suite_digest, suite_report
+from .harness import HarnessSuite, is_harness_suite
 from .health import HealthReport, check_health
 from .modeling import load_model
 from .parents import Parent
@@ -34,16 +35,25 @@ def _write_cache(path: Path, data: dict) -> None:
     temporary.replace(path)
 
 
+def score_suite(model, tokenizer, suite: str, split: str, *, quiet: bool = True) -> SuiteScore:
+    """Score on a JSONL suite, or on an lm-evaluation-harness task named `lm_eval:TASK`."""
+    if is_harness_suite(suite):
+        return HarnessSuite(suite, split).score(model, tokenizer)
+    return score_model(model, tokenizer, load_suite(suite, split), quiet=quiet)
+
+
 def parent_score(parent: Parent, suite: str, split: str, *, quiet: bool = True, model_and_tokenizer=None) -> SuiteScore:
-    """Score a parent on a suite split, reusing the cached result for the same files and suite."""
-    material = {"v": EVAL_CACHE_VERSION, "parent": parent.sources, "suite": suite_digest(suite), "split": split}
-    path = _cache_file("eval", material)
-    if parent.sources and path.is_file():
-        data = json.loads(path.read_text())
-        return SuiteScore(**data)
+    """Score a parent on a suite split, reusing the cached result for the same files and JSONL suite."""
+    cacheable = bool(parent.sources) and not is_harness_suite(suite)
+    path = None
+    if cacheable:
+        material = {"v": EVAL_CACHE_VERSION, "parent": parent.sources, "suite": suite_digest(suite), "split": split}
+        path = _cache_file("eval", material)
+        if path.is_file():
+            return SuiteScore(**json.loads(path.read_text()))
     model, tokenizer = model_and_tokenizer or load_model(parent.folder)
-    score = score_model(model, tokenizer, load_suite(suite, split), quiet=quiet)
-    if parent.sources:
+    score = score_suite(model, tokenizer, suite, split, quiet=quiet)
+    if cacheable:
         _write_cache(path, {"item_ids": score.item_ids, "skills": score.skills, "correct": score.correct, "predictions": score.predictions})
     return score
 
@@ -79,7 +89,7 @@ def evaluate_child(folder: Path, father: Parent, mother: Parent, suites, split: 
     model, tokenizer = load_model(folder)
     reports = []
     for suite in suites:
-        child = score_model(model, tokenizer, EncodedSuite(load_suite(suite, split), tokenizer), quiet=quiet)
+        child = score_suite(model, tokenizer, suite, split, quiet=quiet)
         named = [
             (father.ref, parent_score(father, suite, split, quiet=quiet)),
             (mother.ref, parent_score(mother, suite, split, quiet=quiet)),

@@ -1,0 +1,146 @@
+"""Evolve tab callbacks: run CMA-ES in a worker thread and stream each generation to the page."""
+
+import logging
+import queue
+import threading
+
+import gradio as gr
+import pandas as pd
+
+from darwin_core.genome import GENE_NAMES, Genome
+
+from . import plots
+from .callbacks import (
+    PROBE_FAMILY_NAMES,
+    _child_outputs,
+    _require_compatible,
+    _session,
+    family_weights_from_values,
+    genome_from_values,
+    user_errors,
+)
+
+logger = logging.getLogger(__name__)
+
+EVOLUTION_FOLDER = "evolution"
+
+
+def _settings(population, generations, sigma, seed, space, frozen, suites, time_budget, candidate_budget, backend):
+    from darwin_core.evolve import EvolveSettings
+
+    if not suites:
+        raise gr.Error("Choose at least one fitness suite.")
+    return EvolveSettings(
+        population=int(population),
+        generations=int(generations),
+        sigma=float(sigma),
+        seed=int(seed),
+        space=space,
+        frozen=tuple(frozen or ()),
+        suites=tuple((name, 1.0) for name in suites),
+        time_budget=float(time_budget) if time_budget else None,
+        candidate_budget=int(candidate_budget) if candidate_budget else None,
+        backend=backend,
+    )
+
+
+def _best_table(genome) -> pd.DataFrame:
+    return pd.DataFrame([{"gene": name, "value": round(getattr(genome, name), 4)} for name in GENE_NAMES])
+
+
+@user_errors
+def run_evolution(session, population, generations, sigma, seed, space, frozen, suites, time_budget, candidate_budget,
+                  backend, resume, *values, progress=gr.Progress(track_tqdm=True)):
+    """Generator: yields (session, status, fitness plot, best genome table, *gene slider values) per generation,
+    then the bred best child's outputs."""
+    from darwin_core.breed import BreedSettings
+    from darwin_core.evolve import evolve
+    from darwin_core.mri import MriSettings
+
+    session = _session(session)
+    father, mother, base = _require_compatible(session)
+    weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
+    start = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
+    settings = _settings(population, generations, sigma, seed, space, frozen, suites, time_budget, candidate_budget, backend)
+    breed_settings = BreedSettings(seed=int(seed), mri=MriSettings(family_weights=weights), eval_suites=tuple(suites))
+    out = session.workdir / f"evolved-{session.children_bred + 1}"
+    session.children_bred += 1
+    session.cancel.clear()
+
+    updates: queue.Queue = queue.Queue()
+    outcome: dict = {}
+    history: list[dict] = []
+
+    def on_generation(row, batch):
+        best = max(batch, key=lambda candidate: candidate.fitness)
+        updates.put((row, best))
+
+    def work():
+        try:
+            outcome["result"] = evolve(
+                father, mother, out, base=base, start=start, settings=settings, breed_settings=breed_settings,
+                resume=bool(resume), cancel=session.cancel, on_generation=on_generation, quiet=False,
+            )
+        except BaseException as error:  # handed to the page below
+            outcome["error"] = error
+        finally:
+            updates.put(None)
+
+    worker = threading.Thread(target=work, name="darwin-evolve", daemon=True)
+    worker.start()
+    no_change = [gr.skip()] * len(GENE_NAMES)
+    yield (session, "Scanning parents and loading tensors...", None, None, *no_change, *[gr.skip()] * 6)
+    while True:
+        item = updates.get()
+        if item is None:
+            break
+        row, best = item
+        history.append(row)
+        genome = Genome(**best.genome)
+        status = f"Generation {row['generation'] + 1} of {settings.generations}: best {row['best']:.3f}, mean {row['mean']:.3f}"
+        yield (session, status, plots.fitness_figure(history), _best_table(genome), *[getattr(genome, n) for n in GENE_NAMES], *[gr.skip()] * 6)
+    worker.join()
+
+    if "error" in outcome:
+        error = outcome["error"]
+        raise error
+    result, child = outcome["result"]
+    session.child, session.record, session.health = child.out, child.record, child.health
+    session.models.pop("child", None)
+    genome = result.genome
+    status = (
+        f"Search {result.stopped} after {len(result.candidates)} candidates; best search fitness {result.best.fitness:.3f}. "
+        f"The best child was bred and scored on the test split."
+    )
+    yield (session, status, plots.fitness_figure(result.history) if result.history else None, _best_table(genome),
+           *[getattr(genome, n) for n in GENE_NAMES], *_child_outputs(session))
+
+
+def cancel_evolution(session):
+    if session is not None:
+        session.cancel.set()
+    return "Cancel requested: the search stops after the running candidate and breeds the best genome found so far."
+
+
+@user_errors
+def run_ablation(session, population, generations, sigma, seed, suites, *values, progress=gr.Progress(track_tqdm=True)):
+    """Trust ablation: the same budget with trust fixed at 0, learned, and fixed at 1."""
+    from darwin_core.breed import BreedSettings
+    from darwin_core.evolve import ablate_trust
+    from darwin_core.mri import MriSettings
+
+    session = _session(session)
+    father, mother, base = _require_compatible(session)
+    weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
+    start = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
+    settings = _settings(population, generations, sigma, seed, "genome", (), suites, None, None, "local")
+    rows = ablate_trust(
+        father, mother, session.workdir / "ablation", base=base, start=start, settings=settings,
+        breed_settings=BreedSettings(seed=int(seed), mri=MriSettings(family_weights=weights), eval_suites=tuple(suites)),
+    )
+    table = pd.DataFrame([
+        {"run": row["run"], "mri_trust": round(row["mri_trust"], 3), "search fitness": round(row["search_fitness"], 3),
+         "test mean": round(row["test_mean"], 3) if row["test_mean"] is not None else None}
+        for row in rows
+    ])
+    return session, table
