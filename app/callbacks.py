@@ -54,6 +54,12 @@ def _clean_ref(value: str | None) -> str | None:
     return value or None
 
 
+def _is_hub_ref(ref: str | None) -> bool:
+    from darwin_core.parents import HUB_ID
+
+    return bool(ref) and not ref.startswith("embedded:") and not Path(ref).expanduser().exists() and bool(HUB_ID.match(ref))
+
+
 def _resolve(ref: str | None, session: Session):
     from darwin_core.parents import resolve_parent
 
@@ -100,6 +106,11 @@ def check_parents(father, mother, base, session):
         raise gr.Error("Choose both a father and a mother.")
     if session.parents_changed(father, mother, base) or session.parents is None:
         session.reset_parents(father, mother, base)
+        if any(_is_hub_ref(ref) for ref in (father, mother, base)):
+            from darwin_core.hub import preflight
+
+            # Configs and safetensors headers only: refuse bad pairs before downloading weights.
+            preflight(father, mother, base).require_ok()
         parents = (_resolve(father, session), _resolve(mother, session), _resolve(base, session))
         session.parents = parents
         session.compatibility = build_report(*parents)
@@ -108,11 +119,13 @@ def check_parents(father, mother, base, session):
 
 
 def _require_compatible(session: Session):
-    from darwin_core.compat import require_compatible
+    """The resolved parents, once their tensors pair up; raises the pairing problem otherwise."""
+    from darwin_core.breed import prepare
 
     if session.parents is None:
         raise gr.Error("Check the parents on the Parents tab first.")
-    require_compatible(session.compatibility)
+    if session.mapping is None:
+        session.mapping = prepare(*session.parents)[3]
     return session.parents
 
 
@@ -144,7 +157,7 @@ def scan_parents(session, *values, progress=gr.Progress(track_tqdm=True)):
     genome = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
     if session.mri is None:
         progress(0.05, desc="Scanning both parents")
-        session.mri = scan(father, mother, base, MriSettings(), quiet=False)
+        session.mri = scan(father, mother, base, MriSettings(), quiet=False, mapping=session.mapping)
     return (session, *_mri_figures(session, weights, genome))
 
 
@@ -173,7 +186,7 @@ def _plan(session: Session, genome: Genome, weights: dict | None = None, method:
 
     father = session.parents[0]
     settings = BreedSettings(plan=PlanSettings(method=method), mri=MriSettings(family_weights=weights or {}))
-    return make_plan(father, genome, settings, session.mri)
+    return make_plan(father, genome, settings, session.mri, mapping=session.mapping)
 
 
 @user_errors
@@ -329,13 +342,10 @@ def zip_child(session):
 
 
 @user_errors
-def token_status(token):
+def token_status(token, repo_id=None):
     from darwin_core.hub import token_status as check
 
-    status = check(token or None)
-    if not status.valid:
-        return "No valid token: set HF_TOKEN on the server or paste a token with write access."
-    return f"Token of **{status.user}**: " + ("can write." if status.can_write else "read-only; pushing needs a token with write access.")
+    return check(token or None, repo_id=(repo_id or "").strip() or None).message
 
 
 @user_errors
@@ -376,16 +386,25 @@ def hub_search(query, same_type, sort, father):
     """Search the Hub; with `same_type`, only models of the father's model type."""
     from darwin_core import hub
 
-    model_type = None
     father = _clean_ref(father)
-    if same_type and father and (father.startswith("embedded:") or Path(father).expanduser().exists()):
-        from darwin_core.parents import resolve_parent
+    model_type = hub.father_model_type(father) if same_type and father else None
+    results = hub.search_models(query or "", model_type=model_type, sort=sort, limit=20)
+    note = f"{len(results)} models" + (f" of type `{model_type}`" if model_type else "") + ". Select a row to use it as the mother."
+    return tables.hub_results_table([model.to_row() for model in results]), note
 
-        model_type = resolve_parent(father).config.get("model_type")
-    results = hub.search_models(query or None, model_type=model_type, sort=sort, limit=20)
-    rows = [model.to_row() for model in results]
-    note = f"{len(rows)} models" + (f" of type `{model_type}`" if model_type else "") + ". Select a row to use it as the mother."
-    return tables.hub_results_table(rows), note
+
+@user_errors
+def hub_siblings(father):
+    """Fine-tunes declaring the father (or its base) as base model, and that base for the Base field."""
+    from darwin_core import hub
+
+    father = _clean_ref(father)
+    if father is None or father.startswith("embedded:") or Path(father).expanduser().exists():
+        raise gr.Error("Siblings are looked up on the Hub: choose a Hub id as the father first.")
+    siblings = hub.find_siblings(father)
+    note = f"{len(siblings.models)} siblings." + (f" Their common base `{siblings.base}` is set as the DARE base." if siblings.base else "")
+    base_update = gr.update(value=siblings.base) if siblings.base else gr.skip()
+    return tables.hub_results_table([model.to_row() for model in siblings.models]), note, base_update
 
 
 def hub_pick(table, event: gr.SelectData):

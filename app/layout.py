@@ -51,6 +51,7 @@ def build_demo() -> gr.Blocks:
                         hub_same_type = gr.Checkbox(label="same model type as the father", value=True)
                         hub_sort = gr.Radio(["downloads", "likes"], value="downloads", label="sort by")
                         hub_button = gr.Button("Search", scale=1)
+                        siblings_button = gr.Button("Siblings of the father", scale=1)
                     hub_results = gr.Dataframe(label="Results (select a row to use it as the mother)", interactive=False)
                     hub_note = gr.Markdown()
 
@@ -222,7 +223,7 @@ def build_demo() -> gr.Blocks:
 
         save_button.click(callbacks.save_child, [session, save_path], [session, save_status])
         zip_button.click(callbacks.zip_child, [session], [session, zip_file])
-        token_button.click(callbacks.token_status, [token], [push_status])
+        token_button.click(callbacks.token_status, [token, repo_id], [push_status])
         push_button.click(callbacks.push_child, [session, repo_id, private, token], [session, push_status], concurrency_id="heavy")
 
         tree_button.click(callbacks.family_tree, [session], [session, tree_plot])
@@ -230,6 +231,7 @@ def build_demo() -> gr.Blocks:
 
         hub_button.click(callbacks.hub_search, [hub_query, hub_same_type, hub_sort, father], [hub_results, hub_note])
         hub_results.select(callbacks.hub_pick, [hub_results], [mother])
+        siblings_button.click(callbacks.hub_siblings, [father], [hub_results, hub_note, base])
 
         evolve_inputs = [session, population, generations, sigma, evolve_seed, space, frozen, evolve_suites, time_budget,
                          candidate_budget, backend]

@@ -24,6 +24,7 @@ class Session:
     base_ref: str | None = None
     parents: tuple | None = None
     compatibility: object | None = None
+    mapping: object | None = None
     mri: object | None = None
     child: Path | None = None
     record: dict | None = None
@@ -44,7 +45,7 @@ class Session:
     def reset_parents(self, father: str | None, mother: str | None, base: str | None) -> None:
         """Forget everything derived from the previous parents."""
         self.father_ref, self.mother_ref, self.base_ref = father, mother, base
-        self.parents = self.compatibility = self.mri = None
+        self.parents = self.compatibility = self.mapping = self.mri = None
         self.models.clear()
 
     def next_child_folder(self) -> Path:

@@ -112,6 +112,9 @@ def health_table(health) -> pd.DataFrame:
     ])
 
 
-def hub_results_table(rows: list[dict]) -> pd.DataFrame:
-    columns = ["id", "architecture", "parameters", "downloads", "license", "gated"]
-    return pd.DataFrame([{column: row.get(column, "") for column in columns} for row in rows], columns=columns)
+HUB_COLUMNS = ["id", "architecture", "parameters", "downloads", "license", "gated"]
+
+
+def hub_results_table(rows: list[list]) -> pd.DataFrame:
+    """Hub search rows (as `HubModel.to_row()` gives them) as a table."""
+    return pd.DataFrame(rows, columns=HUB_COLUMNS)

@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 from . import __version__
 from .card import card_body, card_metadata, choose_license, read_front_matter_license, reproduce_command
 from .checkpoint import INDEX_NAME, SINGLE_NAME, PlannedTensor, SafetensorsStreamWriter, plan_shards
-from .compat import CompatibilityReport, check_parents, require_compatible
+from .compat import check_parents
 from .errors import DarwinError
 from .genome import Genome, LayerRatios
 from .hashing import sha256_file
 from .health import HealthReport, HealthSettings, check_health
 from .inventory import build_inventory
+from .mapping import TensorMapping, identity_mapping
 from .merge import merge_tensor
 from .mri import MriReport, MriSettings, scan
 from .outputs import RECORD_NAME, check_output, move_into_place, out_of_space_error, temporary_folder
@@ -78,7 +79,7 @@ class BreedResult:
     plan: MergePlan
     record: dict
     health: HealthReport | None
-    compatibility: CompatibilityReport
+    compatibility: object
 
     def summary(self) -> dict:
         """The `darwin breed --json` object: output folder, plan counts, health and eval."""
@@ -112,12 +113,14 @@ def prepare(
     father: str | Parent,
     mother: str | Parent,
     base: str | Parent | None = None,
-) -> tuple[Parent, Parent, Parent | None, CompatibilityReport]:
-    """Resolve the parents and check that every tensor pairs up, before any weight is read."""
+) -> tuple[Parent, Parent, Parent | None, TensorMapping]:
+    """Resolve the parents and pair their tensors from the headers, before any weight is read.
+
+    Raises `IncompatibleParentsError` with the tensors that cannot be paired.
+    """
     father, mother, base = as_parent(father), as_parent(mother), as_parent(base)
     report = check_parents(father, mother, base)
-    require_compatible(report)
-    return father, mother, base, report
+    return father, mother, base, identity_mapping(report, father, base)
 
 
 def make_plan(
@@ -126,12 +129,13 @@ def make_plan(
     settings: BreedSettings,
     mri: MriReport | None,
     layers: LayerRatios | None = None,
+    mapping: TensorMapping | None = None,
 ) -> MergePlan:
     inventory = build_inventory(father.checkpoint.tensors, father.config)
     if layers is not None:
         layers.check_layers(max((s.layer for s in inventory.values() if s.layer is not None), default=-1) + 1)
     ratios = mri.ratios(settings.mri.family_weights or None) if mri is not None else None
-    return build_plan(inventory, genome, settings.plan, ratios, layers)
+    return build_plan(inventory, genome, settings.plan, ratios, layers, forced=mapping.forced if mapping else None)
 
 
 def _planned_tensors(father: Parent) -> list[PlannedTensor]:
@@ -145,6 +149,7 @@ def write_child_weights(
     base: Parent | None,
     plan: MergePlan,
     settings: BreedSettings,
+    mapping: TensorMapping,
     *,
     quiet: bool = True,
     cancel: threading.Event | None = None,
@@ -167,8 +172,8 @@ def write_child_weights(
                     if cancel is not None and cancel.is_set():
                         raise BreedCancelled("breed cancelled; no child was written")
                     father_tensor = father.checkpoint.get(tensor.name)
-                    mother_tensor = mother.checkpoint.get(tensor.name)
-                    base_tensor = base.checkpoint.get(tensor.name) if base is not None else None
+                    mother_tensor = mapping.partner(mother.checkpoint, tensor.name, father_tensor, "mother")
+                    base_tensor = mapping.partner(base.checkpoint, tensor.name, father_tensor, "base") if base is not None else None
                     child = merge_tensor(
                         plan.entries[tensor.name], father_tensor, mother_tensor, base_tensor, plan.method, settings.seed, settings.plan
                     )
@@ -229,20 +234,20 @@ def breed(
     """Breed a child of two parents into `out` and return its plan, record and health report."""
     genome = genome or Genome()
     out = Path(out)
-    father, mother, base, compatibility = prepare(father, mother, base)
+    father, mother, base, mapping = prepare(father, mother, base)
 
     needed_bytes = sum(t.nbytes for t in _planned_tensors(father)) + 64 * 1024 * 1024
     check_output(out, needed_bytes, overwrite)
 
     # Scan and plan before anything is written: the plan needs only headers and the MRI.
     if mri is None and settings.plan.method == "darwin":
-        mri = scan(father, mother, base, settings.mri, quiet=quiet)
-    plan = make_plan(father, genome, settings, mri, layers)
+        mri = scan(father, mother, base, settings.mri, quiet=quiet, mapping=mapping)
+    plan = make_plan(father, genome, settings, mri, layers, mapping)
     logger.info("plan for %s x %s: %s", father.ref, mother.ref, plan.counts())
 
     folder = temporary_folder(out)
     try:
-        nonfinite = write_child_weights(folder, father, mother, base, plan, settings, quiet=quiet, cancel=cancel)
+        nonfinite = write_child_weights(folder, father, mother, base, plan, settings, mapping, quiet=quiet, cancel=cancel)
         copy_model_files(father, folder)
 
         health = None
@@ -273,7 +278,7 @@ def breed(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     logger.info("child written to %s (health %s)", out, health.verdict if health else "skipped")
-    return BreedResult(out=out, plan=plan, record=record, health=health, compatibility=compatibility)
+    return BreedResult(out=out, plan=plan, record=record, health=health, compatibility=mapping.report)
 
 
 def build_record(

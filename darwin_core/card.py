@@ -123,12 +123,19 @@ def card_body(record: dict) -> str:
     return "\n".join(lines)
 
 
+def pinned_ref(parent: dict) -> str:
+    """Return a parent's reference, with a Hub parent pinned to the commit it was bred from."""
+    if parent.get("kind") == "hub" and parent.get("revision"):
+        return f"{parent['ref'].split('@')[0]}@{parent['revision']}"
+    return parent["ref"]
+
+
 def reproduce_command(record: dict) -> str:
     """The `darwin breed` command that rebuilds this child from its parents and `darwin.json`."""
     parents, settings = record["parents"], record["settings"]
-    parts = ["darwin", "breed", "--father", parents["father"]["ref"], "--mother", parents["mother"]["ref"]]
+    parts = ["darwin", "breed", "--father", pinned_ref(parents["father"]), "--mother", pinned_ref(parents["mother"])]
     if parents.get("base"):
-        parts += ["--base", parents["base"]["ref"]]
+        parts += ["--base", pinned_ref(parents["base"])]
     name = record.get("name") or "child"
     parts += ["--genome", f"{name}/darwin.json", "--seed", str(record["seed"])]
     plan = settings["plan"]

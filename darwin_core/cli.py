@@ -79,9 +79,9 @@ def cmd_mri(args) -> None:
     from .breed import prepare
     from .mri import MriSettings, scan
 
-    father, mother, base, _ = prepare(args.father, args.mother, args.base)
+    father, mother, base, mapping = prepare(args.father, args.mother, args.base)
     settings = MriSettings(family_weights=_family_weights(args.family_weight), probes_folder=args.probes)
-    report = scan(father, mother, base, settings, quiet=args.quiet)
+    report = scan(father, mother, base, settings, quiet=args.quiet, mapping=mapping)
     if args.out:
         Path(args.out).write_text(json.dumps(report.to_dict(), indent=2))
     summary = report.summary()

@@ -191,9 +191,11 @@ class EvaluationContext:
     father: dict
     mother: dict
     base: dict | None
+    forced: dict = field(default_factory=dict)
 
 
-def build_context(father, mother, base, codec: GenomeCodec, breed_settings: BreedSettings, mri, settings: EvolveSettings) -> EvaluationContext:
+def build_context(father, mother, base, mapping, codec: GenomeCodec, breed_settings: BreedSettings, mri, settings: EvolveSettings) -> EvaluationContext:
+    father_tensors = load_tensors(father)
     suites = []
     for name, weight in settings.suites:
         if is_harness_suite(name):
@@ -215,9 +217,10 @@ def build_context(father, mother, base, codec: GenomeCodec, breed_settings: Bree
         suites=suites,
         seed=breed_settings.seed,
         max_items=settings.max_items,
-        father=load_tensors(father),
-        mother=load_tensors(mother),
-        base=load_tensors(base) if base is not None else None,
+        father=father_tensors,
+        mother=mapping.aligned(load_tensors(mother), father_tensors, "mother"),
+        base=mapping.aligned(load_tensors(base), father_tensors, "base") if base is not None else None,
+        forced=dict(mapping.forced),
     )
 
 
@@ -238,7 +241,7 @@ class CandidateEvaluator:
         genome, layers = context.codec.decode(vector)
         candidate = Candidate(generation, index, [float(v) for v in vector], genome.to_dict(), layers.to_dict() if layers else None, FAILED_FITNESS)
         try:
-            plan = build_plan(context.inventory, genome, context.breed_settings.plan, context.ratios, layers)
+            plan = build_plan(context.inventory, genome, context.breed_settings.plan, context.ratios, layers, forced=context.forced)
             tensors = breed_tensors(plan, context.father, context.mother, context.base, context.seed, context.breed_settings.plan)
             bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
             if bad:
@@ -295,7 +298,7 @@ class Evolution:
         workdir: str | Path | None = None,
         quiet: bool = True,
     ):
-        self.father, self.mother, self.base, self.compatibility = prepare(father, mother, base)
+        self.father, self.mother, self.base, self.mapping = prepare(father, mother, base)
         self.settings = settings
         self.breed_settings = breed_settings
         self.start = start or Genome()
@@ -358,8 +361,10 @@ class Evolution:
         """Scan once (cached) and load everything candidates need."""
         if self._context is None:
             if self.mri is None and self.breed_settings.plan.method == "darwin":
-                self.mri = scan(self.father, self.mother, self.base, self.breed_settings.mri, quiet=self.quiet)
-            self._context = build_context(self.father, self.mother, self.base, self.codec, self.breed_settings, self.mri, self.settings)
+                self.mri = scan(self.father, self.mother, self.base, self.breed_settings.mri, quiet=self.quiet, mapping=self.mapping)
+            self._context = build_context(
+                self.father, self.mother, self.base, self.mapping, self.codec, self.breed_settings, self.mri, self.settings
+            )
         return self._context
 
     def evaluator(self) -> CandidateEvaluator:

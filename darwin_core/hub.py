@@ -16,11 +16,12 @@ variable, and `endpoint=None`, which means huggingface_hub's setting, HF_ENDPOIN
 - `push_child(folder, repo_id, private=, token=)` -> URL of the repository.
 
 Every Hub failure is re-raised as a `DarwinError` subclass whose message names the repository and
-says what to do. Tokens are passed to huggingface_hub as arguments only: they are never logged,
+states the next step. Tokens are passed to huggingface_hub as arguments only: they are never logged,
 written, put in a message or in a URL, and no result object stores them.
 """
 
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -67,7 +68,7 @@ TOKEN_SETTINGS_URL = "https://huggingface.co/settings/tokens"
 # Memory estimates for `preflight` (estimates, not measurements). The Python process with torch
 # and transformers imported takes a few hundred MiB before any weight is read.
 RUNTIME_OVERHEAD_BYTES = 512 * 1024**2
-# Blending one tensor holds the father's, mother's and base's float32 copies, two task vectors,
+# Blending one tensor keeps the father's, mother's and base's float32 copies, two task vectors,
 # two DARE masks, the SLERP result and the output: about ten float32 copies of the largest tensor.
 WORKING_COPIES = 10
 MERGE_MODES = ("streaming", "memory")
@@ -79,7 +80,7 @@ ProgressCallback = Callable[[str, float, float | None], None]
 
 
 def resolve_token(token: str | None = None) -> str | None:
-    """The token to send: the given one, else HF_TOKEN, else None (anonymous)."""
+    """Return the token to send: the given one, else HF_TOKEN, else None (anonymous)."""
     token = (token or "").strip() or os.environ.get("HF_TOKEN", "").strip()
     return token or None
 
@@ -97,7 +98,7 @@ def _api(endpoint: str | None):
 
 
 def is_offline() -> bool:
-    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE=1)."""
+    """Return whether huggingface_hub is in offline mode (HF_HUB_OFFLINE=1)."""
     from huggingface_hub import constants
 
     return constants.is_offline_mode()
@@ -202,7 +203,7 @@ def _http_message(error, repo_id: str, action: str, write: bool) -> str:
 
 
 def format_count(count: int | None) -> str:
-    """A parameter or download count in the Hub's style: 135M, 7.2B."""
+    """Format a parameter or download count in the Hub's style: 135M, 7.24B."""
     if count is None:
         return "-"
     for divisor, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
@@ -236,7 +237,7 @@ class HubModel:
         return data
 
     def to_row(self) -> list:
-        """One row for a table with `MODEL_TABLE_HEADERS`."""
+        """Return one row for a table with `MODEL_TABLE_HEADERS`."""
         return [
             self.repo_id,
             self.architecture or "-",
@@ -289,7 +290,7 @@ class Siblings:
 
 @dataclass(frozen=True)
 class TokenStatus:
-    """What a token can do; the token itself is not stored."""
+    """A token's account and write access; the token itself is not stored."""
 
     present: bool
     valid: bool
@@ -453,7 +454,10 @@ def cached_models(text: str = "", *, model_type: str | None = None, cache_dir: s
     for repo in sorted(cache.repos, key=lambda repo: repo.repo_id.lower()):
         if repo.repo_type != "model" or text.strip().lower() not in repo.repo_id.lower() or not repo.revisions:
             continue
-        revision = max(repo.revisions, key=lambda revision: revision.last_modified)
+        complete = [revision for revision in repo.revisions if _has_weights(Path(revision.snapshot_path))]
+        if not complete:
+            continue  # only config files were cached, by a pre-flight check for example
+        revision = max(complete, key=lambda revision: revision.last_modified)
         snapshot = Path(revision.snapshot_path)
         config = _read_json(snapshot / "config.json")
         if model_type and config.get("model_type") != model_type:
@@ -470,6 +474,15 @@ def cached_models(text: str = "", *, model_type: str | None = None, cache_dir: s
             )
         )
     return models
+
+
+def _has_weights(snapshot: Path) -> bool:
+    """Return whether a cached snapshot contains a whole safetensors checkpoint or adapter, not just its configs."""
+    if (snapshot / "model.safetensors").is_file() or (snapshot / "adapter_model.safetensors").is_file():
+        return True
+    index = _read_json(snapshot / "model.safetensors.index.json")
+    shards = set((index.get("weight_map") or {}).values())
+    return bool(shards) and all((snapshot / shard).is_file() for shard in shards)
 
 
 def _read_json(path: Path) -> dict:
@@ -493,11 +506,12 @@ def _local_parameter_count(folder: Path) -> int | None:
 
 
 def father_model_type(ref: str, *, token: str | None = None, endpoint: str | None = None) -> str | None:
-    """The config `model_type` of a parent reference, reading only config.json."""
+    """Read the config `model_type` of a parent reference from its config.json alone."""
     from .parents import hub_reference, resolve_parent
 
     hub = hub_reference(ref)
-    if hub is None:
+    if hub is None or is_offline():
+        # A local parent, or a Hub parent read from its cached snapshot in offline mode.
         return resolve_parent(ref).config.get("model_type")
     repo_id, revision = hub
     token = resolve_token(token)
@@ -582,9 +596,9 @@ def preflight(
 
     Hub references are read through the Hub's file metadata and header range requests; local
     references through their files. Raises `HubError` or `ParentError` for a parent that cannot be
-    used (not found, gated, pickle-only, unknown format, quantized, custom code). Returns a report
-    whose `problems` list an incompatible pair, a download larger than the free disk, or a breed
-    needing more memory than is available; `require_ok()` raises for those.
+    used (not found, gated, pickle-only, unknown format, quantized, custom code). Otherwise it
+    returns a report. Its `problems` list an incompatible pair, a download larger than the free
+    disk, or a breed that needs more memory than is available, and `require_ok()` raises for them.
 
     `memory_limit_bytes` and `disk_limit_bytes` replace the machine's available memory and the
     cache disk's free space, for a Space that gives each session a share.
@@ -661,8 +675,8 @@ def preflight(
 def estimate_memory(mode: str, father: ParentCheck, mother: ParentCheck, base: ParentCheck | None = None) -> int:
     """Estimate the peak memory of a breed in bytes.
 
-    Streaming holds about `WORKING_COPIES` float32 copies of the largest tensor. The in-memory mode
-    (evolution) also holds every parent tensor and one child in their stored dtypes.
+    Streaming keeps about `WORKING_COPIES` float32 copies of the largest tensor in memory. The
+    in-memory mode (evolution) also keeps every parent tensor and one child in their stored dtypes.
     """
     parents = [check for check in (father, mother, base) if check is not None]
     working = WORKING_COPIES * 4 * max(check.largest_tensor_elements for check in parents)
@@ -713,6 +727,8 @@ def _check_parent(ref: str, token: str | None, endpoint: str | None, cache_dir) 
     if hub is not None and not is_offline():
         return _check_hub_parent(ref, hub[0], hub[1], token, endpoint, cache_dir)
 
+    from .card import read_front_matter_license
+
     # A local reference, or a Hub one in offline mode, which resolves to its cached snapshot.
     parent = resolve_parent(ref)
     shapes = {name: info.shape for name, info in parent.checkpoint.tensors.items()}
@@ -722,7 +738,7 @@ def _check_parent(ref: str, token: str | None, endpoint: str | None, cache_dir) 
         revision=parent.revision,
         kind="local",
         download_bytes=0,
-        license=None,
+        license=read_front_matter_license(parent.folder),
         summary=summarize_parent(parent),
         largest_tensor_elements=max((math.prod(shape) for shape in shapes.values()), default=0),
     )
@@ -733,7 +749,6 @@ def _check_hub_parent(ref, repo_id, revision, token, endpoint, cache_dir) -> tup
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError
 
-    from .checkpoint import pickle_refusal
     from .parents import unsupported_config_reason
 
     api = _api(endpoint)
@@ -748,12 +763,13 @@ def _check_hub_parent(ref, repo_id, revision, token, endpoint, cache_dir) -> tup
     names = set(sizes)
     card = info.card_data
     license_name = getattr(card, "license", None) if card is not None else None
+    license_name = license_name if isinstance(license_name, str) else None
 
-    if "model.safetensors" not in names and "model.safetensors.index.json" not in names:
-        adapter_weights = [name for name in names if name.startswith("adapter_model") and name.endswith(".safetensors")]
-        if "adapter_config.json" in names and adapter_weights:
-            return _check_hub_adapter(ref, repo_id, commit, sizes, token, endpoint, cache_dir)
-        _reject_format(repo_id, names, pickle_refusal)
+    checkpoint_format = _checkpoint_format(names)
+    if checkpoint_format == "adapter":
+        return _check_hub_adapter(ref, repo_id, commit, sizes, license_name, token, endpoint, cache_dir)
+    if checkpoint_format is None:
+        _reject_format(repo_id, names)
 
     with translate_errors(repo_id, "check", token_given=token is not None):
         try:
@@ -790,21 +806,32 @@ def _check_hub_parent(ref, repo_id, revision, token, endpoint, cache_dir) -> tup
         revision=commit,
         kind="hub",
         download_bytes=sum(sizes[name] for name in pending),
-        license=license_name if isinstance(license_name, str) else None,
+        license=license_name,
         summary=summarize(ref, config, typed_shapes),
         largest_tensor_elements=max((math.prod(shape) for _, shape in typed_shapes.values()), default=0),
     )
     return check, {name: shape for name, (_, shape) in typed_shapes.items()}
 
 
-def _reject_format(repo_id: str, names: set[str], pickle_refusal) -> None:
+def _checkpoint_format(names: set[str]) -> str | None:
+    """Classify a repository by its file names: "safetensors", "adapter" (PEFT) or None (unusable)."""
+    if "model.safetensors" in names or "model.safetensors.index.json" in names:
+        return "safetensors"
+    if "adapter_config.json" in names and any(name.startswith("adapter_model") and name.endswith(".safetensors") for name in names):
+        return "adapter"
+    return None
+
+
+def _reject_format(repo_id: str, names: set[str]) -> None:
     """Raise `ParentError` for a repository without a safetensors checkpoint, naming what it has instead."""
+    from .checkpoint import pickle_refusal
+
     ggufs = sorted(name for name in names if name.endswith(".gguf"))
     if ggufs:
         # NOTE: a Hub reference names a repository, not one of its files, so GGUF repositories
         # (usually one file per quantization) are used through a downloaded file path instead.
         raise ParentError(
-            f"{repo_id} holds GGUF files only ({', '.join(ggufs[:3])}). Download the one you want with "
+            f"{repo_id} contains GGUF files only ({', '.join(ggufs[:3])}). Download the one you want with "
             f"`hf download {repo_id} FILE.gguf` and pass its path as the parent; it is dequantised on load."
         )
     pickled = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
@@ -817,20 +844,18 @@ def _reject_format(repo_id: str, names: set[str], pickle_refusal) -> None:
     )
 
 
-def _check_hub_adapter(ref, repo_id, commit, sizes, token, endpoint, cache_dir) -> tuple[ParentCheck, dict]:
+def _check_hub_adapter(ref, repo_id, commit, sizes, license_name, token, endpoint, cache_dir) -> tuple[ParentCheck, dict]:
     """Check a PEFT adapter repository through the base it declares: merged, it has the base's shapes."""
-    from .parents import hub_reference
-
     auth = _auth(token)
     with translate_errors(repo_id, "check", token_given=token is not None):
         path = _api(endpoint).hf_hub_download(repo_id, "adapter_config.json", revision=commit, cache_dir=cache_dir, token=auth)
     base_ref = _read_json(Path(path)).get("base_model_name_or_path")
-    if not base_ref or hub_reference(base_ref) is None:
-        raise ParentError(
-            f"{repo_id} is a PEFT adapter whose adapter_config.json names no Hub base model ({base_ref!r}); "
-            "download it and set base_model_name_or_path to the base's folder"
-        )
-    base_check, shapes = _check_parent(base_ref, token, endpoint, cache_dir)
+    if not base_ref:
+        raise ParentError(f"{repo_id} is a PEFT adapter without base_model_name_or_path, so it cannot be applied to anything")
+    try:
+        base_check, shapes = _check_parent(base_ref, token, endpoint, cache_dir)
+    except DarwinError as error:
+        raise ParentError(f"{repo_id} is a PEFT adapter whose base {base_ref!r} cannot be used: {error}") from None
     adapter_bytes = sum(size for name, size in sizes.items() if name.startswith("adapter_") or name == "README.md")
     check = ParentCheck(
         ref=ref,
@@ -838,8 +863,8 @@ def _check_hub_adapter(ref, repo_id, commit, sizes, token, endpoint, cache_dir) 
         revision=commit,
         kind="hub-adapter",
         download_bytes=base_check.download_bytes + adapter_bytes,
-        license=base_check.license,
-        summary=ParentSummary(**{**base_check.summary.to_dict(), "ref": ref}),
+        license=license_name or base_check.license,
+        summary=dataclasses.replace(base_check.summary, ref=ref),
         largest_tensor_elements=base_check.largest_tensor_elements,
     )
     return check, shapes
@@ -859,6 +884,7 @@ def fetch_parent(
 ) -> tuple[Path, str]:
     """Download a parent's safetensors, configs and tokenizer; return the folder and the commit hash.
 
+    A repository without a safetensors checkpoint or adapter is rejected before any download.
     Files already in the Hub cache are not downloaded again, and with HF_HUB_OFFLINE=1 the cached
     snapshot is returned without any request. `progress(description, done, total)` is called as
     bytes arrive (total None while unknown).
@@ -868,6 +894,11 @@ def fetch_parent(
     token = resolve_token(token)
     options = {"tqdm_class": _callback_progress_bar(progress)} if progress else {}
     with translate_errors(repo_id, "download", token_given=token is not None):
+        if not is_offline():
+            info = _api(endpoint).model_info(repo_id, revision=revision, token=_auth(token))
+            names = {sibling.rfilename for sibling in info.siblings or []}
+            if _checkpoint_format(names) is None:
+                _reject_format(repo_id, names)
         folder = Path(
             snapshot_download(
                 repo_id,
@@ -885,7 +916,7 @@ def fetch_parent(
 
 
 def _callback_progress_bar(callback: ProgressCallback):
-    """A tqdm class that draws nothing and reports every update to `callback`."""
+    """Build a tqdm class that draws nothing and passes every update to `callback`."""
     from tqdm.auto import tqdm
 
     class CallbackProgressBar(tqdm):
@@ -894,12 +925,11 @@ def _callback_progress_bar(callback: ProgressCallback):
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
             self.description = kwargs.get("desc") or ""
-            self.done = float(kwargs.get("initial") or 0)
 
         def update(self, n=1):
-            # A disabled tqdm does not count, so the bar keeps its own total of work done.
-            self.done += n or 0
-            callback(self.description, self.done, self.total or None)
+            # A disabled tqdm does not count, so the count is kept here.
+            self.n += n or 0
+            callback(self.description, self.n, self.total or None)
 
         def set_description(self, desc=None, refresh=True):
             self.description = desc or ""
@@ -938,24 +968,21 @@ def push_child(
     if token is None:
         raise HubError(f"pushing needs a token with write access: set HF_TOKEN or enter one in the token field ({TOKEN_SETTINGS_URL})")
 
-    if "/" not in repo_id:
-        status = token_status(token, endpoint=endpoint)
-        if not status.valid:
-            raise HubError(f"cannot push to {repo_id}: {status.message}")
+    # One whoami request: the Hub rate-limits that endpoint strictly.
+    status = token_status(token, repo_id=repo_id if "/" in repo_id else None, endpoint=endpoint)
+    if status.valid and "/" not in repo_id:
         repo_id = f"{status.user}/{repo_id}"
-    with translate_errors(repo_id, "push to", token_given=True, write=True):
-        validate_repo_id(repo_id)
-    status = token_status(token, repo_id=repo_id, endpoint=endpoint)
     if not status.valid or status.can_write is False:
         raise HubError(f"cannot push to {repo_id}: {status.message}")
+    with translate_errors(repo_id, "push to", token_given=True, write=True):
+        validate_repo_id(repo_id)
 
     operations = [
         CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
         for path in sorted(folder.rglob("*"))
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     ]
-    father = record["parents"]["father"]["ref"]
-    mother = record["parents"]["mother"]["ref"]
+    father, mother = (_parent_label(record["parents"][role]) for role in ("father", "mother"))
     message = f"Add Darwin child of {father} x {mother}"
     description = f"Generation {record.get('generation')}, seed {record.get('seed')}, bred by Darwin Studio."
 
@@ -979,6 +1006,13 @@ def push_child(
             raise
     logger.info("pushed %d files to %s (commit %s)", len(operations), repo_id, commit.oid)
     return url
+
+
+def _parent_label(parent: dict) -> str:
+    """Name a parent in the commit message: Hub and embedded references as given, local paths by folder name."""
+    if parent.get("kind") == "hub" or parent["ref"].startswith("embedded:"):
+        return parent["ref"]
+    return Path(parent["ref"]).name or parent["ref"]
 
 
 def _read_child_record(folder: Path) -> dict:

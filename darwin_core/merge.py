@@ -23,15 +23,20 @@ from .plan import Action, PlanSettings, TensorPlan
 def merge_tensor(
     entry: TensorPlan,
     father: torch.Tensor,
-    mother: torch.Tensor,
+    mother: torch.Tensor | None,
     base: torch.Tensor | None,
     method: str,
     seed: int,
     settings: PlanSettings = PlanSettings(),
 ) -> torch.Tensor:
-    """Return the child's tensor for one plan entry, in the father's dtype."""
+    """Return the child's tensor for one plan entry, in the father's dtype.
+
+    `mother` may be None only for a tensor the plan copies from the father.
+    """
     if entry.action is Action.TRANSPLANT_A or not father.is_floating_point():
         return father
+    if mother is None:
+        raise ValueError(f"{entry.name}: the mother has no partner tensor, so it can only be copied from the father")
     if entry.action is Action.TRANSPLANT_B:
         return mother.to(father.dtype)
 

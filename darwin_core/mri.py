@@ -212,6 +212,7 @@ def scan(
     *,
     use_cache: bool = True,
     quiet: bool = True,
+    mapping=None,
 ) -> MriReport:
     """Measure both parents: static statistics per tensor, probe profiles per layer, task vectors.
 
@@ -234,12 +235,17 @@ def scan(
     layer_norm_a = [0.0] * num_layers
     layer_norm_b = [0.0] * num_layers
 
-    names = [name for name in inventory if name in mother.checkpoint.tensors]
+    if mapping is None:
+        from .mapping import identity_mapping
+        from .compat import check_parents
+
+        mapping = identity_mapping(check_parents(father, mother, base), father, base)
+    names = [name for name in inventory if name in mapping.mother_names and name not in mapping.forced]
     for name in tqdm(names, desc="MRI static scan", disable=quiet, leave=False):
         slot = inventory[name]
         tensor_a = father.checkpoint.get(name)
-        tensor_b = mother.checkpoint.get(name)
-        if tensor_a.shape != tensor_b.shape:
+        tensor_b = mapping.partner(mother.checkpoint, name, tensor_a, "mother")
+        if tensor_b is None or tensor_a.shape != tensor_b.shape:
             continue
         entry = {
             "component": slot.component.value,
@@ -249,8 +255,9 @@ def scan(
         }
 
         # Task vectors relative to the base, or to the other parent when there is none.
-        if base is not None and name in base.checkpoint.tensors:
-            anchor = base.checkpoint.get(name).float()
+        base_tensor = mapping.partner(base.checkpoint, name, tensor_a, "base") if base is not None else None
+        if base_tensor is not None:
+            anchor = base_tensor.float()
             delta_a, delta_b = tensor_a.float() - anchor, tensor_b.float() - anchor
             reference = float(anchor.norm())
         else:

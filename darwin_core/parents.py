@@ -178,7 +178,7 @@ def _reject_unsupported_config(path: Path) -> None:
 
 
 def unsupported_config_reason(config: dict, source: str) -> str | None:
-    """The reason a checkpoint with this config.json cannot be a parent (quantized, custom code), or None."""
+    """Return the reason a checkpoint with this config.json cannot be a parent (quantized, custom code), or None."""
     quantization = config.get("quantization_config")
     if quantization:
         method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
