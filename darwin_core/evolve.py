@@ -24,13 +24,15 @@ from typing import Callable, Literal, get_args
 import numpy as np
 import torch
 
-from .breed import BreedSettings, breed_tensors, load_tensors, prepare
+from .breed import BreedSettings, load_tensors, prepare
 from .errors import DarwinError, GenomeError
 from .evaluate import EncodedSuite, load_suite, score_model
 from .genome import GENE_NAMES, Genome, LayerRatios, genome_ratio
 from .harness import HarnessSuite, is_harness_suite
 from .inventory import Component, build_inventory
-from .modeling import load_tokenizer, load_tensors_into, model_from_tensors
+from .merge import merge_tensor
+from .merge_methods import PairGeometry
+from .modeling import load_tokenizer, model_from_tensors
 from .mri import scan
 from .plan import build_plan
 
@@ -225,11 +227,22 @@ def build_context(father, mother, base, mapping, codec: GenomeCodec, breed_setti
 
 
 class CandidateEvaluator:
-    """Scores candidates with one reusable model built from the context; `evaluate` never raises."""
+    """Scores candidates with one reusable model built from the context; `evaluate` never raises.
+
+    Each candidate's tensors are written into the model's own parameters; a tensor whose plan
+    entry did not change since the previous candidate is not recomputed.
+    """
 
     def __init__(self, context: EvaluationContext):
         self.context = context
         self.model = model_from_tensors(context.config, context.father)
+        self.targets = self.model.state_dict(keep_vars=False)  # share storage with the parameters
+        self.geometry = {
+            name: PairGeometry.of(tensor, context.mother[name])
+            for name, tensor in context.father.items()
+            if tensor.is_floating_point() and name not in context.forced
+        }
+        self.written: dict[str, tuple] = {}
         self.suites = [
             (name, weight, HarnessSuite(name, "search", max_items=context.max_items, seed=context.seed) if items is None else EncodedSuite(items, context.tokenizer))
             for name, weight, items in context.suites
@@ -242,11 +255,7 @@ class CandidateEvaluator:
         candidate = Candidate(generation, index, [float(v) for v in vector], genome.to_dict(), layers.to_dict() if layers else None, FAILED_FITNESS)
         try:
             plan = build_plan(context.inventory, genome, context.breed_settings.plan, context.ratios, layers, forced=context.forced)
-            tensors = breed_tensors(plan, context.father, context.mother, context.base, context.seed, context.breed_settings.plan)
-            bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-            if bad:
-                raise FloatingPointError(f"merged weights hold NaN or Inf, for example {bad[0]}")
-            load_tensors_into(self.model, tensors)
+            self.apply(plan)
             total = weight_sum = 0.0
             for name, weight, suite in self.suites:
                 if isinstance(suite, HarnessSuite):
@@ -263,6 +272,23 @@ class CandidateEvaluator:
             logger.exception("candidate %s failed; it gets the worst fitness %s", candidate.id, FAILED_FITNESS)
         candidate.seconds = time.perf_counter() - started
         return candidate
+
+    def apply(self, plan) -> None:
+        """Write the plan's child tensors into the model; raises on NaN or Inf weights."""
+        context = self.context
+        for name, entry in plan.entries.items():
+            key = (entry.action, entry.r_final, entry.density_a, entry.density_b, entry.method_weight)
+            if self.written.get(name) == key:
+                continue
+            self.written.pop(name, None)  # forget it until the new value is in place
+            value = merge_tensor(
+                entry, context.father[name], context.mother[name], context.base[name] if context.base else None,
+                plan.method, context.seed, context.breed_settings.plan, self.geometry.get(name),
+            )
+            if value is not context.father[name] and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise FloatingPointError(f"merged weights hold NaN or Inf, for example {name}")
+            self.targets[name].copy_(value)
+            self.written[name] = key
 
 
 @dataclass

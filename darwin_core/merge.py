@@ -8,6 +8,7 @@ import torch
 
 from .merge_methods import (
     DarwinConfig,
+    PairGeometry,
     dare_linear,
     dare_ties,
     darwin_merge,
@@ -28,10 +29,12 @@ def merge_tensor(
     method: str,
     seed: int,
     settings: PlanSettings = PlanSettings(),
+    geometry: PairGeometry | None = None,
 ) -> torch.Tensor:
     """Return the child's tensor for one plan entry, in the father's dtype.
 
-    `mother` may be None only for a tensor the plan copies from the father.
+    `mother` may be None only for a tensor the plan copies from the father. `geometry` (the
+    norms and dot product of father and mother) may be passed in when it is cached.
     """
     if entry.action is Action.TRANSPLANT_A or not father.is_floating_point():
         return father
@@ -45,11 +48,11 @@ def merge_tensor(
     generator_b = seeded_generator(seed, entry.name, "b")
     if method == "darwin":
         config = DarwinConfig(ratio, entry.density_a, entry.density_b, entry.method_weight)
-        return darwin_merge(father, mother, base, config, generator_a, generator_b)
+        return darwin_merge(father, mother, base, config, generator_a, generator_b, geometry)
     if method == "linear":
         return linear([father, mother.to(father.dtype)], [1.0 - ratio, ratio], normalize=True)
     if method == "slerp":
-        return slerp(father, mother.to(father.dtype), ratio)
+        return slerp(father, mother.to(father.dtype), ratio, geometry)
 
     # Task-vector methods: the base is the explicit base model, else the father.
     anchor = father if base is None else base.to(father.dtype)

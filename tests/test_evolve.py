@@ -83,21 +83,21 @@ def test_resume_rejects_other_settings(llama_family, choice_suite, tmp_path):
 
 
 def test_failed_candidate_gets_worst_fitness(llama_family, choice_suite, tmp_path, monkeypatch, caplog):
-    real = evolve_module.breed_tensors
-    calls = {"count": 0}
+    real_build, real_merge = evolve_module.build_plan, evolve_module.merge_tensor
+    state = {"candidate": 0}
 
-    def flaky(*args, **kwargs):
-        calls["count"] += 1
-        if calls["count"] == 3:
+    def counting_build(*args, **kwargs):
+        state["candidate"] += 1
+        if state["candidate"] == 3:
             raise RuntimeError("simulated out of memory")
-        if calls["count"] == 6:
-            tensors = real(*args, **kwargs)
-            name = next(iter(tensors))
-            tensors[name] = torch.full_like(tensors[name], float("nan"))
-            return tensors
-        return real(*args, **kwargs)
+        return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(evolve_module, "breed_tensors", flaky)
+    def nan_merge(*args, **kwargs):
+        value = real_merge(*args, **kwargs)
+        return torch.full_like(value, float("nan")) if state["candidate"] == 6 else value
+
+    monkeypatch.setattr(evolve_module, "build_plan", counting_build)
+    monkeypatch.setattr(evolve_module, "merge_tensor", nan_merge)
     with caplog.at_level(logging.ERROR, logger="darwin_core.evolve"):
         _, result = run_search(llama_family, choice_suite, tmp_path / "run")
     failed = [c for c in result.candidates if c.error]
@@ -108,6 +108,24 @@ def test_failed_candidate_gets_worst_fitness(llama_family, choice_suite, tmp_pat
     assert "candidate g0-c2 failed" in caplog.text
     assert len(result.history) == 3
     assert result.history[0]["failed"] == 1
+    assert all(0.0 <= c.fitness <= 1.0 for c in result.candidates if not c.error)
+
+
+def test_candidate_model_matches_streaming_child(llama_family, choice_suite, tmp_path):
+    """The in-place candidate model holds exactly the tensors a streaming breed writes."""
+    from safetensors.torch import load_file
+
+    from darwin_core.breed import breed
+
+    genome = Genome(density_b=0.6, merge_method_weight=0.3, global_ratio=0.4)
+    evolution = Evolution(llama_family["a"], llama_family["b"], start=genome, settings=settings(choice_suite, generations=1),
+                          breed_settings=FAST_BREED)
+    evaluator = evolution.evaluator()
+    evaluator.evaluate(evolution.codec.start_vector())
+    child = breed(llama_family["a"], llama_family["b"], tmp_path / "child", genome=genome, settings=FAST_BREED, mri=evolution.mri)
+    written = load_file(child.out / "model.safetensors")
+    for name, tensor in written.items():
+        assert torch.equal(evaluator.targets[name], tensor), name
 
 
 def test_time_budget_stops(llama_family, choice_suite, tmp_path):

@@ -8,7 +8,7 @@ from ..choices import FIXED_METHODS, MERGE_METHODS, MergeMethod
 from .dare import DareConfig, dare_linear, dare_ties, drop_and_rescale
 from .darwin import DarwinConfig, darwin_dare_ties, darwin_merge
 from .linear import LinearConfig, linear
-from .slerp import SlerpConfig, slerp
+from .slerp import PairGeometry, SlerpConfig, slerp, slerp_coefficients
 from .task_arithmetic import TaskArithmeticConfig, task_arithmetic
 from .ties import TiesConfig, disjoint_merge, elect_sign, magnitude_trim, ties
 
@@ -33,5 +33,5 @@ __all__ = [
     "MERGE_METHODS", "FIXED_METHODS", "METHOD_CONFIGS", "MergeMethod", "check_method",
     "DareConfig", "DarwinConfig", "LinearConfig", "SlerpConfig", "TaskArithmeticConfig", "TiesConfig",
     "dare_linear", "dare_ties", "darwin_dare_ties", "darwin_merge", "disjoint_merge", "drop_and_rescale",
-    "elect_sign", "linear", "magnitude_trim", "slerp", "task_arithmetic", "ties",
+    "elect_sign", "linear", "magnitude_trim", "slerp", "slerp_coefficients", "task_arithmetic", "ties", "PairGeometry",
 ]

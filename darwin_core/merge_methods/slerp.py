@@ -8,6 +8,7 @@ import torch
 # Above this |cos| the two directions are treated as parallel (or antiparallel), where the
 # great-circle path is numerically unstable or undefined, and plain interpolation is used.
 PARALLEL_THRESHOLD = 0.9995
+ZERO_NORM = 1e-8
 
 
 @dataclass(frozen=True)
@@ -19,13 +20,43 @@ class SlerpConfig:
             raise ValueError(f"slerp t must be in [0, 1], got {self.t}")
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torch.Tensor:
+@dataclass(frozen=True)
+class PairGeometry:
+    """Norms of two tensors and their dot product: all SLERP needs besides t.
+
+    They do not depend on t, so an evolution run computes them once per tensor pair.
+    """
+
+    norm_a: float
+    norm_b: float
+    dot: float
+
+    @classmethod
+    def of(cls, a: torch.Tensor, b: torch.Tensor) -> "PairGeometry":
+        a32, b32 = a.reshape(-1).float(), b.reshape(-1).float()
+        return cls(float(a32.norm()), float(b32.norm()), float(torch.dot(a32, b32)))
+
+
+def slerp_coefficients(geometry: PairGeometry, t: float) -> tuple[float, float]:
+    """Weights (c_a, c_b) with slerp(a, b, t) = c_a * a + c_b * b.
+
+    The angle comes from the normalised vectors and the weights apply to the originals, so norms
+    interpolate too. Zero, parallel and antiparallel pairs fall back to linear interpolation.
+    """
+    if geometry.norm_a < ZERO_NORM or geometry.norm_b < ZERO_NORM:
+        return 1.0 - t, t
+    cosine = max(-1.0, min(1.0, geometry.dot / (geometry.norm_a * geometry.norm_b)))
+    if abs(cosine) > PARALLEL_THRESHOLD:
+        return 1.0 - t, t
+    theta = math.acos(cosine)
+    sin_theta = math.sin(theta)
+    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float, geometry: PairGeometry | None = None) -> torch.Tensor:
     """Interpolate from `a` (t = 0) to `b` (t = 1) along the arc between their directions.
 
-    The angle comes from the normalised vectors and the coefficients are applied to the
-    originals, so norms interpolate too. Zero, parallel and antiparallel inputs fall back to
-    linear interpolation, so the result is finite for every input and reaches `a` and `b`
-    exactly at t = 0 and t = 1.
+    The result is finite for every input and equals `a` and `b` exactly at t = 0 and t = 1.
     """
     if a.shape != b.shape:
         raise ValueError(f"slerp needs tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -33,17 +64,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torc
         return a
     if t == 1.0:
         return b.to(a.dtype)
-
-    a32, b32 = a.float(), b.float()
-    norm_a, norm_b = a32.norm(), b32.norm()
-    if norm_a < eps or norm_b < eps:
-        return torch.lerp(a32, b32, t).to(a.dtype)
-    cosine = float(torch.dot((a32 / norm_a).reshape(-1), (b32 / norm_b).reshape(-1)).clamp(-1.0, 1.0))
-    if abs(cosine) > PARALLEL_THRESHOLD:
-        return torch.lerp(a32, b32, t).to(a.dtype)
-
-    theta = math.acos(cosine)
-    sin_theta = math.sin(theta)
-    coefficient_a = math.sin((1.0 - t) * theta) / sin_theta
-    coefficient_b = math.sin(t * theta) / sin_theta
-    return (coefficient_a * a32 + coefficient_b * b32).to(a.dtype)
+    coefficient_a, coefficient_b = slerp_coefficients(geometry or PairGeometry.of(a, b), t)
+    # Math in float32 so bf16 and fp16 inputs keep their precision; cast back at the end.
+    return torch.add(a.float() * coefficient_a, b.float(), alpha=coefficient_b).to(a.dtype)
