@@ -30,6 +30,7 @@ from .hashing import sha256_file
 from .health import HealthReport, HealthSettings, check_health
 from .inventory import build_inventory
 from .mapping import TensorMapping, identity_mapping
+from .memory import return_large_blocks_to_the_os
 from .merge import merge_tensor
 from .mri import MriReport, MriSettings, scan
 from .outputs import RECORD_NAME, check_output, move_into_place, out_of_space_error, temporary_folder
@@ -153,8 +154,12 @@ def write_child_weights(
     *,
     quiet: bool = True,
     cancel: threading.Event | None = None,
-) -> list[str]:
-    """Stream every tensor through the plan into safetensors shards; return tensors with NaN or Inf."""
+) -> tuple[list[str], dict[str, str]]:
+    """Stream every tensor through the plan into safetensors shards.
+
+    Returns the tensors holding NaN or Inf, and the SHA-256 of every weight file written.
+    """
+    return_large_blocks_to_the_os()
     planned = _planned_tensors(father)
     shards = plan_shards(planned, settings.max_shard_bytes)
     names = (
@@ -164,6 +169,7 @@ def write_child_weights(
     )
     nonfinite: list[str] = []
     weight_map: dict[str, str] = {}
+    digests: dict[str, str] = {}
     with tqdm(total=len(planned), desc="breeding", unit="tensor", disable=quiet) as progress:
         for shard, file_name in zip(shards, names):
             writer = SafetensorsStreamWriter(folder / file_name, shard)
@@ -183,13 +189,15 @@ def write_child_weights(
                     weight_map[tensor.name] = file_name
                     progress.update(1)
                 writer.close()
+                digests[file_name] = writer.sha256
             except BaseException:
                 writer.abort()
                 raise
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in planned)}, "weight_map": weight_map}
         (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return nonfinite
+        digests[INDEX_NAME] = sha256_file(folder / INDEX_NAME)
+    return nonfinite, digests
 
 
 def copy_model_files(father: Parent, folder: Path) -> list[str]:
@@ -204,16 +212,15 @@ def copy_model_files(father: Parent, folder: Path) -> list[str]:
 
 
 def software_versions() -> dict:
-    import safetensors
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "darwin_studio": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "safetensors": safetensors.__version__,
-    }
+    versions = {"darwin_studio": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for package in ("transformers", "safetensors", "huggingface_hub"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def breed(
@@ -247,7 +254,7 @@ def breed(
 
     folder = temporary_folder(out)
     try:
-        nonfinite = write_child_weights(folder, father, mother, base, plan, settings, mapping, quiet=quiet, cancel=cancel)
+        nonfinite, digests = write_child_weights(folder, father, mother, base, plan, settings, mapping, quiet=quiet, cancel=cancel)
         copy_model_files(father, folder)
 
         health = None
@@ -263,7 +270,7 @@ def breed(
             evaluation = evaluate_child(folder, father, mother, suites, settings.eval_split, quiet=quiet)
 
         record = build_record(
-            folder, out.name, father, mother, base, genome, layers, settings, plan, mri, health, evaluation, command
+            folder, out.name, father, mother, base, genome, layers, settings, plan, mri, health, evaluation, command, digests
         )
         if cancel is not None and cancel.is_set():
             raise BreedCancelled("breed cancelled; no child was written")
@@ -295,6 +302,7 @@ def build_record(
     health: HealthReport | None,
     evaluation: dict | None,
     command: str | None,
+    digests: dict[str, str],
 ) -> dict:
     """Write the model card, then `darwin.json` last, with the checksum of every weight file."""
     registry = embedded_registry()
@@ -338,9 +346,7 @@ def build_record(
     license_name = choose_license({p.ref: parent_license(p) for p in (father, mother)})
     (folder / "README.md").write_text(render_model_card(card_metadata(record, license_name), card_body(record)), encoding="utf-8")
 
-    record["files"] = {
-        path.name: sha256_file(path) for path in sorted(folder.iterdir()) if path.suffix == ".safetensors" or path.name == INDEX_NAME
-    }
+    record["files"] = dict(sorted(digests.items()))
     temporary = folder / f"{RECORD_NAME}.partial"
     temporary.write_text(json.dumps(record, indent=2) + "\n")
     with open(temporary) as handle:

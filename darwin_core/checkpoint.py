@@ -6,10 +6,10 @@ Reading the header ourselves lets every problem be reported with the file and te
 concerns before any weight is read; the `safetensors` library then reads the tensors.
 """
 
+import hashlib
 import json
 import logging
 import math
-import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -265,7 +265,8 @@ class SafetensorsStreamWriter:
 
     The header is written first from the planned names, dtypes and shapes, so the layout is
     fixed before any data arrives; `write` must then be called once per tensor in plan order.
-    The file is byte-identical for identical inputs.
+    The file is byte-identical for identical inputs, and its SHA-256 is computed on the way
+    (`sha256` after `close`), so the file is never read back.
     """
 
     def __init__(self, path: Path, planned: list[PlannedTensor], metadata: dict[str, str] | None = None):
@@ -283,9 +284,14 @@ class SafetensorsStreamWriter:
             offset += tensor.nbytes
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
+        self.digest = hashlib.sha256()
         self.handle = open(path, "wb")
-        self.handle.write(struct.pack("<Q", len(encoded)))
-        self.handle.write(encoded)
+        self._write(struct.pack("<Q", len(encoded)))
+        self._write(encoded)
+
+    def _write(self, data) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         expected = self.planned[self.position]
@@ -295,16 +301,20 @@ class SafetensorsStreamWriter:
                 f"{expected.name} {expected.dtype} {list(expected.shape)}"
             )
         data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self.handle.write(memoryview(data))
+        self._write(memoryview(data))
         self.position += 1
 
     def close(self) -> None:
+        """Close the file. It is not fsynced: a crash can lose it, but the child's record lists
+        every weight file's SHA-256, so `darwin inspect` finds a damaged file."""
         if self.position != len(self.planned):
             self.handle.close()
             raise RuntimeError(f"{self.path}: wrote {self.position} of {len(self.planned)} planned tensors")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
         self.handle.close()
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
 
     def abort(self) -> None:
         self.handle.close()

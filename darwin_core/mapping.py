@@ -1,11 +1,14 @@
 """How each father tensor finds its partner in the mother and the base.
 
 The child always has the father's tensor names, shapes and config. For parents of one layout,
-every partner has the father's name (`identity_mapping`). The Architecture Mapper builds richer
-mappings for parents of different families, depths or vocabularies: renamed partners, father
-tensors kept whole because they have no partner, and vocabulary rows reordered by token string.
+every partner is the tensor of the same name (`identity_mapping`). The Architecture Mapper
+(`darwin_core.mapper`) builds richer mappings for parents of different families, depths or
+vocabularies: partners under other names, partners cut from or joined into fused tensors,
+values converted between family conventions, vocabulary rows reordered by token string, and
+father tensors kept whole because they have no partner.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,51 +32,99 @@ class RowMap:
         return aligned
 
 
+@dataclass(frozen=True)
+class Piece:
+    """Rows [start, stop) of one partner tensor (every row when `rows` is None), read as
+    `stored * scale + offset` so that its values follow the father family's convention."""
+
+    name: str
+    rows: tuple[int, int] | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def read(self, read_tensor: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        tensor = read_tensor(self.name)
+        if self.rows is not None:
+            tensor = tensor[self.rows[0] : self.rows[1]]
+        if self.scale != 1.0 or self.offset != 0.0:
+            # Convert in float32 and back, so a bfloat16 partner loses nothing to the arithmetic.
+            tensor = (tensor.float() * self.scale + self.offset).to(tensor.dtype)
+        return tensor
+
+
+@dataclass
+class Partner:
+    """The partner of one father tensor: its pieces concatenated along dim 0, then its
+    vocabulary rows aligned to the father's when `rows` is set."""
+
+    pieces: tuple[Piece, ...]
+    rows: RowMap | None = None
+
+    @classmethod
+    def whole(cls, name: str) -> "Partner":
+        return cls((Piece(name),))
+
+    @property
+    def name(self) -> str:
+        """The partner tensor's name, or the names of its pieces joined by `+`."""
+        return "+".join(dict.fromkeys(piece.name for piece in self.pieces))
+
+    def assemble(self, read_tensor: Callable[[str], torch.Tensor], father_tensor: torch.Tensor) -> torch.Tensor:
+        parts = [piece.read(read_tensor) for piece in self.pieces]
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if self.rows is not None:
+            tensor = self.rows.apply(tensor, father_tensor)
+        return tensor
+
+
 @dataclass
 class TensorMapping:
-    """Partners of the father's tensors; `forced` lists tensors copied from the father, with the reason."""
+    """Partners of the father's tensors; `forced` lists tensors copied from the father, with the reason.
 
-    mother_names: dict[str, str]
-    base_names: dict[str, str] = field(default_factory=dict)
+    `report` is the `CompatibilityReport` of same-layout parents or the mapper's `MatchReport`.
+    `layer_map[l]` is the mother layer paired with father layer l, or None for equal depths.
+    """
+
+    mother: dict[str, Partner]
+    base: dict[str, Partner] = field(default_factory=dict)
     forced: dict[str, tuple[Action, str]] = field(default_factory=dict)
-    mother_rows: dict[str, RowMap] = field(default_factory=dict)
-    base_rows: dict[str, RowMap] = field(default_factory=dict)
     report: object = None
+    layer_map: list[int] | None = None
+
+    @property
+    def mother_names(self) -> dict[str, str]:
+        """Father tensor name to the name of its partner in the mother."""
+        return {name: partner.name for name, partner in self.mother.items()}
+
+    @property
+    def base_names(self) -> dict[str, str]:
+        return {name: partner.name for name, partner in self.base.items()}
 
     def partner(self, checkpoint, father_name: str, father_tensor: torch.Tensor, which: str = "mother") -> torch.Tensor | None:
-        """Read the partner of one father tensor, aligned to the father's shape, or None if it has none."""
-        names = self.mother_names if which == "mother" else self.base_names
-        rows = self.mother_rows if which == "mother" else self.base_rows
-        name = names.get(father_name)
-        if name is None:
+        """Read the partner of one father tensor, aligned to the father's shape, or None if it has none.
+
+        A partner cut from a fused tensor reads that whole tensor once per father tensor it feeds.
+        """
+        partner = (self.mother if which == "mother" else self.base).get(father_name)
+        if partner is None:
             return None
-        tensor = checkpoint.get(name)
-        if father_name in rows:
-            tensor = rows[father_name].apply(tensor, father_tensor)
-        return tensor
+        return partner.assemble(checkpoint.get, father_tensor)
 
     def aligned(self, tensors: dict[str, torch.Tensor], father: dict[str, torch.Tensor], which: str = "mother") -> dict[str, torch.Tensor]:
         """Partners of every father tensor from tensors held in memory, keyed by father name.
 
         Father tensors without a partner pair with themselves, which a transplant ignores.
         """
-        names = self.mother_names if which == "mother" else self.base_names
-        rows = self.mother_rows if which == "mother" else self.base_rows
+        partners = self.mother if which == "mother" else self.base
         aligned = {}
         for father_name, father_tensor in father.items():
-            name = names.get(father_name)
-            if name is None:
-                aligned[father_name] = father_tensor
-                continue
-            tensor = tensors[name]
-            if father_name in rows:
-                tensor = rows[father_name].apply(tensor, father_tensor)
-            aligned[father_name] = tensor
+            partner = partners.get(father_name)
+            aligned[father_name] = father_tensor if partner is None else partner.assemble(tensors.__getitem__, father_tensor)
         return aligned
 
 
 def identity_mapping(report: CompatibilityReport, father, base=None) -> TensorMapping:
     """Same-layout parents: every tensor pairs with the tensor of the same name."""
     require_compatible(report)
-    names = {name: name for name in father.checkpoint.tensors}
-    return TensorMapping(mother_names=names, base_names=dict(names) if base is not None else {}, report=report)
+    partners = {name: Partner.whole(name) for name in father.checkpoint.tensors}
+    return TensorMapping(mother=partners, base=dict(partners) if base is not None else {}, report=report)

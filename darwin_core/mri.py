@@ -228,6 +228,29 @@ def scan(
         report.settings["family_weights"] = dict(settings.family_weights)
         return report
 
+    tensors, task_cosine, num_layers = static_scan(father, mother, base, settings, mapping=mapping, quiet=quiet)
+    profiles = probe_scan(father, mother, probes, settings)
+    report = MriReport(
+        father=father.ref,
+        mother=mother.ref,
+        base=base.ref if base else None,
+        num_layers=num_layers,
+        settings=asdict(settings),
+        tensors=tensors,
+        probe_a=profiles[0],
+        probe_b=profiles[1],
+        task_cosine=task_cosine,
+    )
+    if father.sources and mother.sources:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(report.to_dict()))
+        temporary.replace(cache_path)
+    return report
+
+
+def static_scan(father: Parent, mother: Parent, base: Parent | None, settings: MriSettings, *, mapping=None, quiet: bool = True):
+    """Per tensor statistics of both parents and their task vectors; returns (tensors, task_cosine, num_layers)."""
     inventory = build_inventory(father.checkpoint.tensors, father.config)
     num_layers = max((slot.layer for slot in inventory.values() if slot.layer is not None), default=-1) + 1
     tensors: dict[str, dict] = {}
@@ -236,8 +259,8 @@ def scan(
     layer_norm_b = [0.0] * num_layers
 
     if mapping is None:
-        from .mapping import identity_mapping
         from .compat import check_parents
+        from .mapping import identity_mapping
 
         mapping = identity_mapping(check_parents(father, mother, base), father, base)
     names = [name for name in inventory if name in mapping.mother_names and name not in mapping.forced]
@@ -267,41 +290,28 @@ def scan(
         norm_a, norm_b = float(delta_a.norm()), float(delta_b.norm())
         entry["task_norm_a"] = norm_a / reference if reference > 0 else 0.0
         entry["task_norm_b"] = norm_b / reference if reference > 0 else 0.0
-        if base is not None and slot.layer is not None and slot.layer < num_layers:
+        if base_tensor is not None and slot.layer is not None and slot.layer < num_layers:
             layer_dot[slot.layer] += float((delta_a * delta_b).sum())
             layer_norm_a[slot.layer] += norm_a**2
             layer_norm_b[slot.layer] += norm_b**2
         tensors[name] = entry
 
     task_cosine: list[float | None] = [
-        (dot / math.sqrt(na * nb)) if base is not None and na > 0 and nb > 0 else None
+        (dot / math.sqrt(na * nb)) if na > 0 and nb > 0 else None
         for dot, na, nb in zip(layer_dot, layer_norm_a, layer_norm_b)
     ]
+    return tensors, task_cosine, num_layers
 
+
+def probe_scan(father: Parent, mother: Parent, probes: dict[str, list[str]], settings: MriSettings) -> list[ProbeProfile]:
+    """Probe profiles of both parents, one model in memory at a time."""
     profiles = []
     for parent in (father, mother):
         logger.info("probing %s with %d probe families", parent.ref, len(probes))
         model, tokenizer = load_model(parent.folder)
         profiles.append(probe_profile(model, tokenizer, probes, settings.max_probe_tokens))
         del model
-
-    report = MriReport(
-        father=father.ref,
-        mother=mother.ref,
-        base=base.ref if base else None,
-        num_layers=num_layers,
-        settings=asdict(settings),
-        tensors=tensors,
-        probe_a=profiles[0],
-        probe_b=profiles[1],
-        task_cosine=task_cosine,
-    )
-    if father.sources and mother.sources:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(report.to_dict()))
-        temporary.replace(cache_path)
-    return report
+    return profiles
 
 
 def load_report(path: str | Path) -> MriReport:
