@@ -261,3 +261,34 @@ def test_darwin_merge_keeps_dtype(dtype):
 def test_darwin_config_rejects_ratio():
     with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\], got 1.5"):
         DarwinConfig(ratio=1.5)
+
+
+# --- plan entries through merge_tensor --------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear"])
+@pytest.mark.parametrize("normalize", [False, True], ids=["sum", "normalized"])
+def test_father_based_path_matches_general_operator(method, normalize):
+    """With no base, the fast path equals the general operator with the father as explicit base."""
+    from darwin_core.merge import merge_tensor
+    from darwin_core.plan import Action, PlanSettings, TensorPlan
+
+    if method == "task_arithmetic" and normalize:
+        pytest.skip("task arithmetic normalizes by the weight sum, which is 1 for two parents")
+    father = torch.randn(32, 16, generator=generator(20))
+    mother = father + 0.1 * torch.randn(32, 16, generator=generator(21))
+    entry = TensorPlan("w", "ffn", 0, 0, 0.3, None, 0.3, Action.BLEND, 0.6, 0.6, 0.0)
+    settings = PlanSettings(method=method, normalize=normalize)
+    fast = merge_tensor(entry, father, mother, None, method, 5, settings)
+    general = merge_tensor(entry, father, mother, father.clone(), method, 5, settings)
+    assert_close(fast, general)
+
+
+def test_linear_fast_path_value():
+    from darwin_core.merge import merge_tensor
+    from darwin_core.plan import Action, TensorPlan
+
+    a = torch.randn(8, generator=generator(22))
+    b = torch.randn(8, generator=generator(23))
+    entry = TensorPlan("w", "ffn", 0, 0, 0.4, None, 0.4, Action.BLEND, 1.0, 1.0, 0.0)
+    assert_close(merge_tensor(entry, a, b, None, "linear", 0), 0.6 * a + 0.4 * b)
