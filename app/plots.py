@@ -151,9 +151,9 @@ def health_figure(health: HealthReport) -> go.Figure:
     """Per-layer block influence of child, father and mother, with the tolerated band and flags."""
     layers = [row["layer"] for row in health.layers]
     figure = go.Figure()
-    figure.add_trace(go.Scatter(x=layers, y=[row["high"] for row in health.layers], line={"width": 0}, showlegend=False, hoverinfo="skip"))
+    figure.add_trace(go.Scatter(x=layers, y=[row["high"] for row in health.layers], mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"))
     figure.add_trace(go.Scatter(
-        x=layers, y=[row["low"] for row in health.layers], fill="tonexty", line={"width": 0},
+        x=layers, y=[row["low"] for row in health.layers], mode="lines", fill="tonexty", line={"width": 0},
         name="tolerated band", fillcolor="rgba(120,120,120,0.2)", hoverinfo="skip",
     ))
     for key, color in (("father", "#2b6cb0"), ("mother", "#c53030"), ("child", "#2f855a")):

@@ -3,6 +3,7 @@
 import pandas as pd
 
 from darwin_core.compat import CompatibilityReport
+from darwin_core.mapper import MatchReport
 from darwin_core.plan import MergePlan
 
 _COMPAT_ROWS = (
@@ -81,7 +82,7 @@ def eval_table(evaluation: dict | None) -> pd.DataFrame:
                 "n": result["n"],
                 "child wins": match["wins"] if match else "",
                 "child losses": match["losses"] if match else "",
-                "p-value": round(match["p_value"], 4) if match else "",
+                "p-value": f"{match['p_value']:.3g}" if match else "",
             })
     return pd.DataFrame(rows, columns=columns)
 
@@ -118,3 +119,49 @@ HUB_COLUMNS = ["id", "architecture", "parameters", "downloads", "license", "gate
 def hub_results_table(rows: list[list]) -> pd.DataFrame:
     """Hub search rows (as `HubModel.to_row()` gives them) as a table."""
     return pd.DataFrame(rows, columns=HUB_COLUMNS)
+
+
+def match_table(report: MatchReport) -> pd.DataFrame:
+    """Father tensors per component by outcome of the Architecture Mapper, with a total row."""
+    rows = [
+        {"component": component, "matched": counts.matched, "shape-mismatched": counts.shape_mismatched,
+         "unmatched": counts.unmatched, "total": counts.total}
+        for component, counts in report.components.items()
+    ]
+    rows.append({"component": "all", "matched": report.matched, "shape-mismatched": report.shape_mismatched,
+                 "unmatched": report.unmatched, "total": report.total})
+    return pd.DataFrame(rows, columns=["component", "matched", "shape-mismatched", "unmatched", "total"])
+
+
+def match_summary(report: MatchReport) -> str:
+    """Markdown under the match table: the verdict, how the parents pair, and samples of what did not."""
+    scope = "FFN tensors" if report.crossbreed == "ffn" else "tensors"
+    verdict = "breedable" if report.passed else "too few tensors pair to breed"
+    lines = [
+        f"**{verdict}**: {report.counted_matched} of {report.counted} father {scope} pair with the mother "
+        f"({report.match_fraction:.0%}; min_match {report.min_match:.0%}; compatibility score {report.compatibility_score:.2f})",
+        f"- families: {report.father_family} father, {report.mother_family} mother"
+        + ("; FFN crossbreed: only the FFNs blend" if report.crossbreed == "ffn" else ""),
+        f"- layers: {report.father_layers} in the father, {report.mother_layers} in the mother"
+        + ("; father to mother layer: " + ", ".join(f"{a}→{b}" for a, b in enumerate(report.layer_map)) if report.layer_map else ""),
+        f"- {report.renamed} partners under another name, {report.converted} converted between family conventions, "
+        f"{report.split_or_joined} cut from or joined into fused tensors",
+    ]
+    if report.vocabulary:
+        vocabulary = report.vocabulary
+        lines.append(
+            f"- vocabulary: {vocabulary['shared']} shared tokens aligned by string, {vocabulary['father_only']} father-only "
+            f"tokens and {vocabulary['padding_rows']} padding rows keep the father's rows, {vocabulary['partner_only']} "
+            "mother-only tokens are left out"
+        )
+    for mismatch in report.shape_mismatches:
+        lines.append(
+            f"- shape differs: `{mismatch.father_name}` {tuple(mismatch.father_shape)} vs "
+            f"`{mismatch.mother_name}` {tuple(mismatch.mother_shape)} (kept from the father)"
+        )
+    if report.unmatched_names:
+        lines.append("- no partner (kept from the father), e.g. " + ", ".join(f"`{name}`" for name in report.unmatched_names))
+    if report.mother_unused:
+        lines.append("- mother tensors left unused, e.g. " + ", ".join(f"`{name}`" for name in report.mother_unused))
+    lines += [f"- note: {note}" for note in report.notes]
+    return "\n".join(lines)

@@ -12,7 +12,6 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,16 +23,17 @@ from . import __version__
 from .card import card_body, card_metadata, choose_license, read_front_matter_license, reproduce_command
 from .checkpoint import INDEX_NAME, SINGLE_NAME, PlannedTensor, SafetensorsStreamWriter, plan_shards
 from .compat import check_parents
-from .errors import DarwinError
+from .errors import DarwinError, ParentError
 from .genome import Genome, LayerRatios
 from .hashing import sha256_file
-from .health import HealthReport, HealthSettings, check_health
+from .health import HealthReport, HealthSettings
 from .inventory import build_inventory
+from .mapper import MapperSettings, build_mapping, same_vocabulary
 from .mapping import TensorMapping, identity_mapping
 from .memory import return_large_blocks_to_the_os
 from .merge import merge_tensor
 from .mri import MriReport, MriSettings, scan
-from .outputs import RECORD_NAME, check_output, move_into_place, out_of_space_error, temporary_folder
+from .outputs import RECORD_NAME, check_output, move_into_place, out_of_space_error, remove_stale_partials, temporary_folder
 from .parents import Parent, copy_tokenizer_files, embedded_registry, resolve_parent
 from .plan import MergePlan, PlanSettings, build_plan
 
@@ -52,17 +52,20 @@ class BreedSettings:
     """Everything besides parents and genome that decides the child.
 
     `eval_suites` None means the suites the embedded registry lists for the father's family
-    (none for other parents); an empty tuple skips the quick eval.
+    (none for other parents); an empty tuple skips the quick eval. `mapper` decides how parents
+    of different layouts pair, and sets the FFN crossbreed mode.
     """
 
     seed: int = 0
     plan: PlanSettings = field(default_factory=PlanSettings)
+    mapper: MapperSettings = field(default_factory=MapperSettings)
     mri: MriSettings = field(default_factory=MriSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     eval_suites: tuple[str, ...] | None = None
     eval_split: str = "test"
     run_health: bool = True
+    allow_nonfinite_parents: bool = False
 
     def __post_init__(self):
         if self.max_shard_bytes < 1:
@@ -93,10 +96,10 @@ class BreedResult:
         }
 
 
-def as_parent(reference: str | Parent | None) -> Parent | None:
+def as_parent(reference: str | Parent | None, allow_pickle: bool = False) -> Parent | None:
     if reference is None or isinstance(reference, Parent):
         return reference
-    return resolve_parent(reference)
+    return resolve_parent(reference, allow_pickle=allow_pickle)
 
 
 def default_suites(father: Parent) -> tuple[str, ...]:
@@ -114,14 +117,22 @@ def prepare(
     father: str | Parent,
     mother: str | Parent,
     base: str | Parent | None = None,
+    settings: MapperSettings = MapperSettings(),
+    *,
+    allow_pickle: bool = False,
 ) -> tuple[Parent, Parent, Parent | None, TensorMapping]:
-    """Resolve the parents and pair their tensors from the headers, before any weight is read.
+    """Resolve the parents and pair their tensors from the headers and tokenizers, before any weight is read.
 
-    Raises `IncompatibleParentsError` with the tensors that cannot be paired.
+    Parents of one layout and vocabulary pair by name. Any other pair goes through the
+    Architecture Mapper, which raises `MatchError` (an `IncompatibleParentsError`) with its
+    report when too few tensors pair. `allow_pickle` lets local folders with only pickled
+    weights be converted (see `parents.resolve_parent`).
     """
-    father, mother, base = as_parent(father), as_parent(mother), as_parent(base)
+    father, mother, base = (as_parent(ref, allow_pickle) for ref in (father, mother, base))
     report = check_parents(father, mother, base)
-    return father, mother, base, identity_mapping(report, father, base)
+    if report.compatible and settings.crossbreed is None and same_vocabulary(father, mother, base):
+        return father, mother, base, identity_mapping(report, father, base)
+    return father, mother, base, build_mapping(father, mother, base, settings)
 
 
 def make_plan(
@@ -184,6 +195,8 @@ def write_child_weights(
                         plan.entries[tensor.name], father_tensor, mother_tensor, base_tensor, plan.method, settings.seed, settings.plan
                     )
                     if child.is_floating_point() and not bool(torch.isfinite(child).all()):
+                        if not settings.allow_nonfinite_parents:
+                            _reject_nonfinite_parent(tensor.name, (father, father_tensor), (mother, mother_tensor), (base, base_tensor))
                         nonfinite.append(tensor.name)
                     writer.write(tensor.name, child)
                     weight_map[tensor.name] = file_name
@@ -198,6 +211,34 @@ def write_child_weights(
         (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         digests[INDEX_NAME] = sha256_file(folder / INDEX_NAME)
     return nonfinite, digests
+
+
+def _reject_nonfinite_report(mri: MriReport, father: Parent, mother: Parent) -> None:
+    """Stop before writing when the MRI scan found NaN or Inf values in a parent."""
+    found = mri.nonfinite_tensors()
+    if not found:
+        return
+    name, counts = next(iter(found.items()))
+    role = "father" if counts["father"] else "mother"
+    parent = father if role == "father" else mother
+    more = f" ({len(found)} tensors in all)" if len(found) > 1 else ""
+    raise ParentError(
+        f"{name} holds {counts[role]} NaN or Inf values in the {role} ({parent.ref}){more}; the child would inherit them. "
+        "Repair that checkpoint, or pass --allow-nonfinite to breed anyway (the health check then fails)."
+    )
+
+
+def _reject_nonfinite_parent(name: str, *pairs) -> None:
+    """Name the parent whose tensor already holds NaN or Inf values, so the child would inherit them."""
+    for role, (parent, tensor) in zip(("father", "mother", "base"), pairs):
+        if parent is None or tensor is None or not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ParentError(
+                f"{name} holds {bad} NaN or Inf values in the {role} ({parent.ref}); the child would inherit them. "
+                "Repair that checkpoint, or pass --allow-nonfinite to breed anyway (the health check then fails)."
+            )
 
 
 def copy_model_files(father: Parent, folder: Path) -> list[str]:
@@ -237,18 +278,22 @@ def breed(
     cancel: threading.Event | None = None,
     command: str | None = None,
     mri: MriReport | None = None,
+    allow_pickle: bool = False,
 ) -> BreedResult:
     """Breed a child of two parents into `out` and return its plan, record and health report."""
     genome = genome or Genome()
     out = Path(out)
-    father, mother, base, mapping = prepare(father, mother, base)
+    father, mother, base, mapping = prepare(father, mother, base, settings.mapper, allow_pickle=allow_pickle)
 
     needed_bytes = sum(t.nbytes for t in _planned_tensors(father)) + 64 * 1024 * 1024
+    remove_stale_partials(out)
     check_output(out, needed_bytes, overwrite)
 
     # Scan and plan before anything is written: the plan needs only headers and the MRI.
     if mri is None and settings.plan.method == "darwin":
         mri = scan(father, mother, base, settings.mri, quiet=quiet, mapping=mapping)
+    if mri is not None and not settings.allow_nonfinite_parents:
+        _reject_nonfinite_report(mri, father, mother)
     plan = make_plan(father, genome, settings, mri, layers, mapping)
     logger.info("plan for %s x %s: %s", father.ref, mother.ref, plan.counts())
 

@@ -147,6 +147,11 @@ def reproduce_command(record: dict) -> str:
         parts += ["--transplant-low", str(plan["transplant_low"]), "--transplant-high", str(plan["transplant_high"])]
     for family, weight in sorted((settings["mri"].get("family_weights") or {}).items()):
         parts += ["--family-weight", f"{family}={weight}"]
+    mapper = settings.get("mapper") or {}
+    if mapper.get("crossbreed"):
+        parts += ["--crossbreed", mapper["crossbreed"]]
+    if mapper.get("min_match", 0.8) != 0.8:
+        parts += ["--min-match", str(mapper["min_match"])]
     parts += ["--out", f"{name}-rebuilt"]
     return shlex.join(parts)
 

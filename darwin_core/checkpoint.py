@@ -231,7 +231,8 @@ def pickle_refusal(folder: Path, files: list[str]) -> str:
     return (
         f"{folder}: holds only pickled PyTorch weights ({', '.join(sorted(files)[:3])}). Darwin Studio reads "
         "safetensors or GGUF only, because unpickling a file can run arbitrary code. If you trust the "
-        "checkpoint, convert it once with: python -c \"from transformers import AutoModelForCausalLM; "
+        "checkpoint, pass --allow-pickle to convert it once, or convert it yourself with: python -c "
+        "\"from transformers import AutoModelForCausalLM; "
         f"AutoModelForCausalLM.from_pretrained('{folder}').save_pretrained('{folder}-safetensors')\""
     )
 

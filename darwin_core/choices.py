@@ -14,3 +14,6 @@ Split = Literal["search", "test"]
 SPLITS: tuple[str, ...] = get_args(Split)
 
 PRESET_NAMES: tuple[str, ...] = ("balanced", "father-heavy", "mother-heavy", "ffn-from-mother", "published-4b")
+
+# Cross-family breeding modes of the Architecture Mapper.
+CROSSBREED_MODES: tuple[str, ...] = ("ffn",)

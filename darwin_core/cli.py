@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .choices import MERGE_METHODS, PRESET_NAMES, SPLITS
+from .choices import CROSSBREED_MODES, MERGE_METHODS, PRESET_NAMES, SPLITS
 
 logger = logging.getLogger("darwin_core.cli")
 
@@ -61,7 +61,30 @@ def cmd_inspect(args) -> None:
         f"only in father: {len(report.only_father)}; only in mother: {len(report.only_mother)}",
         "compatible: " + ("yes" if report.compatible else "no"),
     ]
+    if not report.compatible or args.crossbreed:
+        from .mapper import match_parents
+
+        match = match_parents(parents[0], parents[1], base, _mapper_settings(args))
+        data["match"] = match.to_dict()
+        lines += match_lines(match)
     _emit(args, data, "\n".join(lines))
+
+
+def match_lines(match) -> list[str]:
+    """Format the Architecture Mapper's report as text lines for `darwin inspect`."""
+    lines = [
+        f"mapper: {match.counted_matched} of {match.counted} counted father tensors pair with the mother "
+        f"({match.match_fraction:.0%}, min_match {match.min_match:.0%}): " + ("breedable" if match.passed else "too few to breed"),
+        "component   matched  shape-mismatched  unmatched",
+    ]
+    lines += [
+        f"{component:<10}  {counts.matched:7d}  {counts.shape_mismatched:16d}  {counts.unmatched:9d}"
+        for component, counts in match.components.items()
+    ]
+    lines += [f"shape mismatch: {m.father_name} {tuple(m.father_shape)} vs {m.mother_name} {tuple(m.mother_shape)}" for m in match.shape_mismatches]
+    lines += [f"no partner: {name}" for name in match.unmatched_names]
+    lines += [f"note: {note}" for note in match.notes]
+    return lines
 
 
 def _family_weights(pairs: list[str] | None) -> dict[str, float]:
@@ -79,7 +102,7 @@ def cmd_mri(args) -> None:
     from .breed import prepare
     from .mri import MriSettings, scan
 
-    father, mother, base, mapping = prepare(args.father, args.mother, args.base)
+    father, mother, base, mapping = prepare(args.father, args.mother, args.base, _mapper_settings(args), allow_pickle=args.allow_pickle)
     settings = MriSettings(family_weights=_family_weights(args.family_weight), probes_folder=args.probes)
     report = scan(father, mother, base, settings, quiet=args.quiet, mapping=mapping)
     if args.out:
@@ -92,6 +115,12 @@ def cmd_mri(args) -> None:
     lines.append("layer  probe(father)  probe(mother)")
     lines += [f"{layer:5d}  {a:13.3f}  {b:13.3f}" for layer, (a, b) in enumerate(zip(probe_a, probe_b))]
     _emit(args, data, "\n".join(lines))
+
+
+def _mapper_settings(args):
+    from .mapper import MapperSettings
+
+    return MapperSettings(min_match=args.min_match, crossbreed=args.crossbreed)
 
 
 def _breed_settings(args):
@@ -113,11 +142,13 @@ def _breed_settings(args):
     return BreedSettings(
         seed=args.seed,
         plan=plan,
+        mapper=_mapper_settings(args),
         mri=MriSettings(family_weights=_family_weights(args.family_weight)),
         max_shard_bytes=int(args.max_shard_mb * 1024 * 1024),
         eval_suites=suites,
         eval_split=args.split,
         run_health=not args.no_health,
+        allow_nonfinite_parents=args.allow_nonfinite,
     )
 
 
@@ -145,6 +176,7 @@ def cmd_breed(args) -> None:
         settings=_breed_settings(args),
         overwrite=args.overwrite,
         quiet=args.quiet,
+        allow_pickle=args.allow_pickle,
     )
     summary = result.summary()
     plan = summary["plan"]
@@ -212,6 +244,18 @@ def cmd_health(args) -> None:
 # --- parser ---------------------------------------------------------------------------------
 
 
+def add_mapper_options(sub) -> None:
+    """Options of the Architecture Mapper, shared by breed, evolve and inspect."""
+    sub.add_argument(
+        "--crossbreed", choices=CROSSBREED_MODES,
+        help="ffn: keep the father's attention, mixers, embeddings and norms and blend only the FFNs (parents of different families)",
+    )
+    sub.add_argument(
+        "--min-match", type=float, default=0.8,
+        help="minimum share of the father's tensors (its FFN tensors with --crossbreed ffn) that must pair with the mother (default 0.8)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="darwin",
@@ -228,10 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--father", required=required, help="parent A: folder, .gguf file, adapter folder, embedded:NAME or Hub id")
         sub.add_argument("--mother", required=required, help="parent B, same forms as --father")
         sub.add_argument("--base", help="common ancestor of both parents (the DARE-TIES base); default: the father")
+        sub.add_argument("--allow-pickle", action="store_true",
+                         help="convert local folders that hold only pickled .bin weights (only for checkpoints you trust)")
 
     inspect = commands.add_parser("inspect", help="summarise a parent or a child, or report whether two parents can be merged")
     inspect.add_argument("refs", nargs="+", metavar="REF", help="one reference, or father and mother")
     inspect.add_argument("--base", help="also check this base against the parents")
+    add_mapper_options(inspect)
     common(inspect)
     inspect.set_defaults(handler=cmd_inspect)
 
@@ -240,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     mri.add_argument("--family-weight", action="append", metavar="FAMILY=WEIGHT", help="weight of a probe family (default 1 each)")
     mri.add_argument("--probes", help="folder of probe texts (*.txt) instead of the shipped ones")
     mri.add_argument("--out", help="also write the full MRI report as JSON to this file")
+    add_mapper_options(mri)
     common(mri)
     mri.set_defaults(handler=cmd_mri)
 
@@ -262,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     breed.add_argument("--split", default="test", choices=SPLITS, help="suite split for the quick eval (default test)")
     breed.add_argument("--max-shard-mb", type=float, default=2048, help="largest weight file in MiB before sharding (default 2048)")
     breed.add_argument("--overwrite", action="store_true", help="replace an earlier Darwin child at --out")
+    breed.add_argument("--allow-nonfinite", action="store_true",
+                       help="breed even when a parent tensor holds NaN or Inf values (the health check then fails)")
+    add_mapper_options(breed)
     common(breed)
     breed.set_defaults(handler=cmd_breed)
 

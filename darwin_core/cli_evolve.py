@@ -19,18 +19,23 @@ def _suites(values: list[str] | None) -> tuple[tuple[str, float], ...] | None:
 
 
 def cmd_evolve(args) -> None:
-    from .breed import BreedSettings, default_suites
-    from .cli import _emit, _family_weights, _genome_from_args
+    from .breed import BreedSettings, as_parent, default_suites
+    from .cli import _emit, _family_weights, _genome_from_args, _mapper_settings
     from .evolve import EvolveSettings, ablate_trust, evolve
     from .mri import MriSettings
-    from .parents import resolve_parent
 
     if args.lm_eval_include:
         os.environ["DARWIN_LM_EVAL_INCLUDE"] = args.lm_eval_include
+    if args.allow_pickle:
+        # Convert pickled local parents once up front; the search then reads the safetensors copies.
+        from .breed import prepare
+
+        father, mother, base, _ = prepare(args.father, args.mother, args.base, _mapper_settings(args), allow_pickle=True)
+        args.father, args.mother, args.base = father, mother, base
     start, _ = _genome_from_args(args)
     suites = _suites(args.suite)
     if suites is None:
-        family = default_suites(resolve_parent(args.father))
+        family = default_suites(as_parent(args.father))
         if not family:
             raise ValueError("no default suite for these parents; pass --suite NAME (a file in assets/evals or a .jsonl path)")
         suites = tuple((name, 1.0) for name in family)
@@ -40,7 +45,9 @@ def cmd_evolve(args) -> None:
         time_budget=args.time_budget, candidate_budget=args.candidate_budget,
         backend=args.backend, ray_address=args.ray_address, ray_workers=args.ray_workers,
     )
-    breed_settings = BreedSettings(seed=args.seed, mri=MriSettings(family_weights=_family_weights(args.family_weight)))
+    breed_settings = BreedSettings(
+        seed=args.seed, mapper=_mapper_settings(args), mri=MriSettings(family_weights=_family_weights(args.family_weight))
+    )
 
     if args.ablate_trust:
         rows = ablate_trust(args.father, args.mother, args.out, base=args.base, start=start, settings=settings,
@@ -106,6 +113,9 @@ def add_evolve_commands(commands, common, parent_options) -> None:
     evolve.add_argument("--resume", action="store_true", help="continue the run saved in OUT.evolution/")
     evolve.add_argument("--ablate-trust", action="store_true", help="run three times: trust fixed at 0, learned, fixed at 1")
     evolve.add_argument("--overwrite", action="store_true", help="replace an earlier Darwin child at --out")
+    from .cli import add_mapper_options
+
+    add_mapper_options(evolve)
     common(evolve)
     evolve.set_defaults(handler=cmd_evolve)
 

@@ -30,6 +30,7 @@ from .evaluate import EncodedSuite, load_suite, score_model
 from .genome import GENE_NAMES, Genome, LayerRatios, genome_ratio
 from .harness import HarnessSuite, is_harness_suite
 from .inventory import Component, build_inventory
+from .memory import estimate_peak_bytes, require_memory
 from .merge import merge_tensor
 from .merge_methods import PairGeometry
 from .modeling import load_tokenizer, model_from_tensors
@@ -324,7 +325,7 @@ class Evolution:
         workdir: str | Path | None = None,
         quiet: bool = True,
     ):
-        self.father, self.mother, self.base, self.mapping = prepare(father, mother, base)
+        self.father, self.mother, self.base, self.mapping = prepare(father, mother, base, breed_settings.mapper)
         self.settings = settings
         self.breed_settings = breed_settings
         self.start = start or Genome()
@@ -386,12 +387,21 @@ class Evolution:
     def context(self) -> EvaluationContext:
         """Scan once (cached) and load everything candidates need."""
         if self._context is None:
+            self.require_memory()
             if self.mri is None and self.breed_settings.plan.method == "darwin":
                 self.mri = scan(self.father, self.mother, self.base, self.breed_settings.mri, quiet=self.quiet, mapping=self.mapping)
             self._context = build_context(
                 self.father, self.mother, self.base, self.mapping, self.codec, self.breed_settings, self.mri, self.settings
             )
         return self._context
+
+    def require_memory(self, available: int | None = None) -> None:
+        """Refuse, before loading anything, a run whose parents and child model cannot fit in memory."""
+        parents = [p for p in (self.father, self.mother, self.base) if p is not None]
+        largest = max(info.numel for p in parents for info in p.checkpoint.tensors.values())
+        father_float32 = 4 * self.father.checkpoint.parameter_count  # the candidate model runs in float32
+        needed = estimate_peak_bytes("memory", [p.checkpoint.total_bytes for p in parents], largest, father_float32)
+        require_memory(needed, f"evolving {self.father.ref} x {self.mother.ref} in memory", available)
 
     def evaluator(self) -> CandidateEvaluator:
         if self._evaluator is None:

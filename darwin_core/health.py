@@ -15,6 +15,7 @@ parent's, or repetition collapse; `healthy` otherwise.
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from .inventory import proportional_layer_map
 from .probes import ProbeProfile, weighted_influence
 
 Verdict = Literal["healthy", "warning", "failed"]
@@ -59,6 +60,16 @@ def _mean_loss(profile: ProbeProfile) -> float:
     return sum(profile.loss.values()) / max(len(profile.loss), 1)
 
 
+def align_layers(profile: ProbeProfile, num_layers: int) -> ProbeProfile:
+    """Resample a probe profile to `num_layers` layers by proportional layer alignment."""
+    layers = len(next(iter(profile.influence.values()), []))
+    if layers == num_layers or not layers or not num_layers:
+        return profile
+    source = proportional_layer_map(num_layers, layers)
+    influence = {family: [values[layer] for layer in source] for family, values in profile.influence.items()}
+    return ProbeProfile(influence=influence, loss=dict(profile.loss), repetition=profile.repetition)
+
+
 def check_health(
     child: ProbeProfile,
     father: ProbeProfile,
@@ -68,6 +79,10 @@ def check_health(
 ) -> HealthReport:
     """Compare the child's probe profile with both parents' and give the verdict with its reasons."""
     nonfinite_tensors = list(nonfinite_tensors or [])
+    # The child has the father's layers; a mother of another depth is compared at the
+    # proportionally aligned layer of each child layer.
+    num_layers = len(next(iter(child.influence.values()), []))
+    father, mother = align_layers(father, num_layers), align_layers(mother, num_layers)
     child_mean, father_mean, mother_mean = (weighted_influence(p) for p in (child, father, mother))
 
     layers = []

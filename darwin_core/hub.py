@@ -34,6 +34,7 @@ from typing import Callable
 
 from .compat import CompatibilityReport, ParentSummary, compare_shapes, require_compatible, summarize
 from .errors import DarwinError, HubError, IncompatibleParentsError, ParentError
+from .memory import available_memory, estimate_peak_bytes
 from .outputs import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -65,12 +66,6 @@ SEARCH_FIELDS = ["config", "safetensors", "cardData", "downloads", "likes", "gat
 MODEL_TABLE_HEADERS = ["model", "architecture", "parameters", "downloads", "license", "gated"]
 TOKEN_SETTINGS_URL = "https://huggingface.co/settings/tokens"
 
-# Memory estimates for `preflight` (estimates, not measurements). The Python process with torch
-# and transformers imported takes a few hundred MiB before any weight is read.
-RUNTIME_OVERHEAD_BYTES = 512 * 1024**2
-# Blending one tensor keeps the father's, mother's and base's float32 copies, two task vectors,
-# two DARE masks, the SLERP result and the output: about ten float32 copies of the largest tensor.
-WORKING_COPIES = 10
 MERGE_MODES = ("streaming", "memory")
 
 ProgressCallback = Callable[[str, float, float | None], None]
@@ -673,32 +668,14 @@ def preflight(
 
 
 def estimate_memory(mode: str, father: ParentCheck, mother: ParentCheck, base: ParentCheck | None = None) -> int:
-    """Estimate the peak memory of a breed in bytes.
-
-    Streaming keeps about `WORKING_COPIES` float32 copies of the largest tensor in memory. The
-    in-memory mode (evolution) also keeps every parent tensor and one child in their stored dtypes.
-    """
+    """Estimate the peak memory of a breed of these parents in bytes (see `memory.estimate_peak_bytes`)."""
     parents = [check for check in (father, mother, base) if check is not None]
-    working = WORKING_COPIES * 4 * max(check.largest_tensor_elements for check in parents)
-    needed = RUNTIME_OVERHEAD_BYTES + working
-    if mode == "memory":
-        needed += sum(check.summary.total_bytes for check in parents) + father.summary.total_bytes
-    return needed
-
-
-def available_memory() -> int | None:
-    """Memory the system can give a new process now, in bytes (MemAvailable on Linux), or None."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return estimate_peak_bytes(
+        mode,
+        [check.summary.total_bytes for check in parents],
+        max(check.largest_tensor_elements for check in parents),
+        father.summary.total_bytes,
+    )
 
 
 def _hub_cache(cache_dir: str | Path | None) -> Path:

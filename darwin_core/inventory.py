@@ -87,7 +87,7 @@ def block_of(layer: int, num_layers: int) -> int:
 
 def proportional_layer_map(num_layers: int, partner_layers: int) -> list[int]:
     """Partner layer of each of `num_layers` layers when depths differ: the partner layer whose
-    span holds the layer's relative midpoint, floor((l + 0.5) * P / L). Equal depths map l to l."""
+    span contains the layer's relative midpoint, floor((l + 0.5) * P / L). Equal depths map l to l."""
     if partner_layers <= 0:
         return []
     # Integer form of the same floor, so no rounding error moves a layer across a boundary.

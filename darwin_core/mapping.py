@@ -1,4 +1,4 @@
-"""How each father tensor finds its partner in the mother and the base.
+"""Partners of the father's tensors in the mother and the base.
 
 The child always has the father's tensor names, shapes and config. For parents of one layout,
 every partner is the tensor of the same name (`identity_mapping`). The Architecture Mapper
@@ -35,7 +35,9 @@ class RowMap:
 @dataclass(frozen=True)
 class Piece:
     """Rows [start, stop) of one partner tensor (every row when `rows` is None), read as
-    `stored * scale + offset` so that its values follow the father family's convention."""
+    `stored * scale + offset` so that its values follow the father family's convention.
+
+    A converted piece is float32 whatever the partner's dtype."""
 
     name: str
     rows: tuple[int, int] | None = None
@@ -47,8 +49,8 @@ class Piece:
         if self.rows is not None:
             tensor = tensor[self.rows[0] : self.rows[1]]
         if self.scale != 1.0 or self.offset != 0.0:
-            # Convert in float32 and back, so a bfloat16 partner loses nothing to the arithmetic.
-            tensor = (tensor.float() * self.scale + self.offset).to(tensor.dtype)
+            # The converted values stay in float32; the merge casts its result to the father's dtype.
+            tensor = tensor.float() * self.scale + self.offset
         return tensor
 
 

@@ -35,3 +35,49 @@ def return_large_blocks_to_the_os() -> None:
         return
     if mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) != 1:
         logger.debug("mallopt(M_MMAP_THRESHOLD) was refused; keeping the default")
+
+
+def available_memory() -> int | None:
+    """Memory the system can give a new allocation now, in bytes (MemAvailable on Linux), or None."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# Rough constants for peak-memory estimates, not measurements of every model: the Python process
+# with torch and transformers loaded, and the float32 working copies of the largest tensor
+# that one merge step holds at once.
+RUNTIME_OVERHEAD_BYTES = 512 * 1024 * 1024
+WORKING_COPIES = 10
+
+
+def estimate_peak_bytes(mode: str, parent_bytes: list[int], largest_tensor_elements: int, child_bytes: int) -> int:
+    """Estimated peak memory of a breed: `streaming` holds a few working copies of the largest
+    tensor; `memory` (evolution, the studio's chat) also holds every parent and one child."""
+    needed = RUNTIME_OVERHEAD_BYTES + WORKING_COPIES * 4 * largest_tensor_elements
+    if mode == "memory":
+        needed += sum(parent_bytes) + child_bytes
+    return needed
+
+
+def require_memory(needed_bytes: int, what: str, available: int | None = None) -> None:
+    """Raise a `DarwinError` with both numbers when `needed_bytes` exceeds the available memory."""
+    from .errors import DarwinError
+    from .outputs import format_bytes
+
+    available = available_memory() if available is None else available
+    if available is not None and needed_bytes > available:
+        raise DarwinError(
+            f"{what} needs about {format_bytes(needed_bytes)} of memory but only {format_bytes(available)} is available. "
+            "Use a streaming breed (darwin breed), smaller parents, or a machine with more memory."
+        )

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .inventory import build_inventory
+from .inventory import build_inventory, proportional_layer_map
 from .modeling import load_model
 from .parents import Parent
 from .paths import cache_dir
@@ -37,7 +37,7 @@ from .probes import MAX_PROBE_TOKENS, ProbeProfile, load_probes, probe_profile, 
 
 logger = logging.getLogger(__name__)
 
-MRI_VERSION = "1"
+MRI_VERSION = "2"
 _CHUNK_ELEMENTS = 1 << 22
 _BOTH_ZERO = 1e-12
 
@@ -66,11 +66,17 @@ class MriSettings:
 
 
 def tensor_statistics(tensor: torch.Tensor, bins: int) -> dict[str, float]:
-    """Normalised |w| histogram entropy, standard deviation and RMS, computed in chunks."""
+    """Normalised |w| histogram entropy, standard deviation and RMS, computed in chunks.
+
+    `nonfinite` counts NaN and Inf entries; the statistics are taken over the finite ones.
+    """
     flat = tensor.reshape(-1)
     count = flat.numel()
     if count == 0 or not tensor.is_floating_point():
-        return {"entropy": 0.0, "std": 0.0, "rms": 0.0}
+        return {"entropy": 0.0, "std": 0.0, "rms": 0.0, "nonfinite": 0}
+    nonfinite = int((~torch.isfinite(flat)).sum())
+    if nonfinite:
+        flat = torch.nan_to_num(flat.float(), nan=0.0, posinf=0.0, neginf=0.0)
     total = total_squares = 0.0
     maximum = 0.0
     for start in range(0, count, _CHUNK_ELEMENTS):
@@ -88,7 +94,12 @@ def tensor_statistics(tensor: torch.Tensor, bins: int) -> dict[str, float]:
             histogram += torch.histc(chunk, bins=bins, min=0.0, max=maximum).double()
     probabilities = histogram[histogram > 0] / count
     entropy = float(-(probabilities * probabilities.log()).sum()) / math.log(bins)
-    return {"entropy": entropy, "std": math.sqrt(variance * count / max(count - 1, 1)), "rms": math.sqrt(total_squares / count)}
+    return {
+        "entropy": entropy,
+        "std": math.sqrt(variance * count / max(count - 1, 1)),
+        "rms": math.sqrt(total_squares / count),
+        "nonfinite": nonfinite,
+    }
 
 
 def _minmax(values: list[float]) -> tuple[float, float]:
@@ -128,10 +139,15 @@ class MriReport:
         return scores
 
     def probe_scores(self, family_weights: dict[str, float] | None = None) -> tuple[list[float], list[float]]:
-        """Per layer probe term of each parent, scaled by the largest value over both parents."""
+        """Per layer probe term of each parent, scaled by the largest value over both parents.
+
+        A mother of another depth is read at the proportionally aligned layer of each father layer.
+        """
         weights = family_weights if family_weights is not None else self.settings.get("family_weights") or {}
         a = weighted_influence(self.probe_a, weights)
         b = weighted_influence(self.probe_b, weights)
+        if len(b) != len(a):
+            b = [b[layer] for layer in proportional_layer_map(len(a), len(b))]
         scale = max([*a, *b, _BOTH_ZERO])
         return [max(value, 0.0) / scale for value in a], [max(value, 0.0) / scale for value in b]
 
@@ -157,8 +173,17 @@ class MriReport:
         ratios = {}
         for name, (score_a, score_b) in self.combined_scores(family_weights).items():
             total = score_a + score_b
-            ratios[name] = 0.5 if total < _BOTH_ZERO else score_b / total
+            ratios[name] = 0.5 if not math.isfinite(total) or total < _BOTH_ZERO else score_b / total
         return ratios
+
+    def nonfinite_tensors(self) -> dict[str, dict[str, int]]:
+        """Tensors holding NaN or Inf in a parent: name -> {"father": count, "mother": count}."""
+        found = {}
+        for name, entry in self.tensors.items():
+            counts = {"father": entry["a"].get("nonfinite", 0), "mother": entry["b"].get("nonfinite", 0)}
+            if any(counts.values()):
+                found[name] = counts
+        return found
 
     def summary(self, family_weights: dict[str, float] | None = None) -> dict:
         """Mean r_MRI overall and per component, for cards and logs."""
@@ -263,7 +288,9 @@ def static_scan(father: Parent, mother: Parent, base: Parent | None, settings: M
         from .mapping import identity_mapping
 
         mapping = identity_mapping(check_parents(father, mother, base), father, base)
-    names = [name for name in inventory if name in mapping.mother_names and name not in mapping.forced]
+    # Tensors a crossbreed keeps from the father are scanned too, so the cached report does not
+    # depend on the crossbreed mode; only tensors without a partner are left out.
+    names = [name for name in inventory if name in mapping.mother]
     for name in tqdm(names, desc="MRI static scan", disable=quiet, leave=False):
         slot = inventory[name]
         tensor_a = father.checkpoint.get(name)
@@ -288,6 +315,8 @@ def static_scan(father: Parent, mother: Parent, base: Parent | None, settings: M
             delta_a = -delta_b
             reference = float(tensor_a.float().norm())
         norm_a, norm_b = float(delta_a.norm()), float(delta_b.norm())
+        if not math.isfinite(norm_a + norm_b):
+            norm_a = norm_b = 0.0  # a parent holds NaN or Inf here; `nonfinite` reports it
         entry["task_norm_a"] = norm_a / reference if reference > 0 else 0.0
         entry["task_norm_b"] = norm_b / reference if reference > 0 else 0.0
         if base_tensor is not None and slot.layer is not None and slot.layer < num_layers:

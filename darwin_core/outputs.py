@@ -47,9 +47,36 @@ def check_output(out: Path, needed_bytes: int, overwrite: bool) -> None:
         )
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Delete temporary folders beside `out` left by breeds whose process no longer runs (killed
+    mid-write); folders of breeds still running are kept. Returns the folders removed."""
+    removed = []
+    for folder in out.parent.glob(f".{out.name}.partial-*"):
+        pid_text = folder.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            logger.info("removed %s, left by an interrupted breed", folder)
+    return removed
+
+
 def temporary_folder(out: Path) -> Path:
-    """A fresh hidden folder beside `out`, on the same file system, so the final move is a rename."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    """A fresh hidden folder beside `out`, on the same file system, so the final move is a rename.
+
+    Its name carries this process's id, so a later breed can tell a folder left by a killed
+    process from one still being written.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(folder, 0o777 & ~umask)  # mkdtemp creates 0700; the child gets the user's usual permissions

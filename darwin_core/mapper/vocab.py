@@ -2,8 +2,8 @@
 
 The child keeps the father's tokenizer, so its embedding and lm_head keep the father's row
 count, padding rows included. A father row whose token the partner also has pairs with the
-partner's row for that token string, wherever the partner stores it; every other father row
-(a token the partner lacks, or a padding row without a token) keeps the father's values.
+partner's row for that token string, wherever the partner stores it. Every other father row
+keeps the father's values: a token the partner lacks, or a padding row without a token.
 Tokens only the partner has have no row in the child.
 """
 
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VocabularyAlignment:
-    """How the father's embedding rows pair with a partner's, with the counts the report shows."""
+    """Row pairing of the father's embedding with a partner's, and the counts the report shows."""
 
     father_rows: int
     partner_rows: int
@@ -55,7 +55,7 @@ def has_tokenizer(folder: Path) -> bool:
 
 
 def same_tokenizer_files(first: Path, second: Path) -> bool:
-    """True when both folders hold byte-identical tokenizer files (or neither holds any)."""
+    """True when both folders contain byte-identical tokenizer files, or neither contains any."""
     for name in TOKENIZER_FILES:
         a, b = Path(first) / name, Path(second) / name
         if a.is_file() != b.is_file():
