@@ -21,7 +21,7 @@ from darwin_core.probes import PROBE_FAMILIES
 
 from . import plots, tables
 from .paths import check_user_path
-from .state import Session
+from .state import Session, register
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,19 @@ def user_errors(function):
     return wrapper
 
 
+def _new_session(session: Session | None, request: gr.Request | None) -> Session:
+    """The session, created on the first call of a page and registered for the unload event."""
+    if session is None:
+        session = Session.create()
+        register(getattr(request, "session_hash", None), session)
+    return session
+
+
 def _session(session: Session | None) -> Session:
-    return session if session is not None else Session.create()
+    """The page's session; every page starts with a parents check that creates it."""
+    if session is None:
+        raise gr.Error("Check the parents on the Parents tab first.")
+    return session
 
 
 def _clean_ref(value: str | None) -> str | None:
@@ -116,35 +127,52 @@ def parent_choices() -> list[str]:
     return choices
 
 
-@user_errors
-def check_parents(father, mother, base, session):
-    """Resolve the parents from headers only and show the compatibility report."""
-    from darwin_core.compat import check_parents as build_report
+def mapper_settings(crossbreed: str | None, min_match) -> object:
+    from darwin_core.mapper import MapperSettings
 
-    session = _session(session)
+    return MapperSettings(min_match=float(min_match), crossbreed=None if crossbreed in (None, "", "none") else crossbreed)
+
+
+@user_errors
+def check_parents(father, mother, base, crossbreed, min_match, session, request: gr.Request = None):
+    """Resolve the parents from headers only and show the compatibility report, and for parents
+    whose tensors do not all pair by name, the Architecture Mapper's match report."""
+    from darwin_core.compat import check_parents as build_report
+    from darwin_core.mapper import match_parents
+
+    session = _new_session(session, request)
     father, mother, base = _clean_ref(father), _clean_ref(mother), _clean_ref(base)
     if father is None or mother is None:
         raise gr.Error("Choose both a father and a mother.")
+    settings = mapper_settings(crossbreed, min_match)
     if session.parents_changed(father, mother, base) or session.parents is None:
         session.reset_parents(father, mother, base)
         if any(_is_hub_ref(ref) for ref in (father, mother, base)):
             from darwin_core.hub import preflight
 
             # Configs and safetensors headers only: refuse bad pairs before downloading weights.
-            preflight(father, mother, base).require_ok()
+            preflight(father, mother, base, cross_family=True).require_ok()
         parents = (_resolve(father, session), _resolve(mother, session), _resolve(base, session))
         session.parents = parents
         session.compatibility = build_report(*parents)
+    if settings != session.mapper_settings:
+        session.mapper_settings, session.mapping, session.mri = settings, None, None
     report = session.compatibility
-    return session, tables.compatibility_table(report), tables.compatibility_summary(report)
+    summary = tables.compatibility_summary(report)
+    match = gr.update(visible=False)
+    if not report.compatible or settings.crossbreed is not None:
+        match_report = match_parents(*session.parents, settings)
+        summary += "\n\n### Architecture Mapper\n" + tables.match_summary(match_report)
+        match = gr.update(value=tables.match_table(match_report), visible=True)
+    return session, tables.compatibility_table(report), summary, match
 
 
 @user_errors
-def upload_parent(session, archive, role):
+def upload_parent(session, archive, role, request: gr.Request = None):
     """Unpack an uploaded model zip into the session folder and use it as father or mother."""
     from darwin_core.archive import safe_extract_zip
 
-    session = _session(session)
+    session = _new_session(session, request)
     if not archive:
         raise gr.Error("Choose a .zip of a model folder first.")
     name = Path(archive).stem
@@ -160,7 +188,7 @@ def _require_compatible(session: Session):
     if session.parents is None:
         raise gr.Error("Check the parents on the Parents tab first.")
     if session.mapping is None:
-        session.mapping = prepare(*session.parents)[3]
+        session.mapping = prepare(*session.parents, session.mapper_settings)[3]
     return session.parents
 
 
@@ -220,7 +248,7 @@ def _plan(session: Session, genome: Genome, weights: dict | None = None, method:
     from darwin_core.plan import PlanSettings
 
     father = session.parents[0]
-    settings = BreedSettings(plan=PlanSettings(method=method), mri=MriSettings(family_weights=weights or {}))
+    settings = BreedSettings(plan=PlanSettings(method=method), mri=MriSettings(family_weights=weights or {}), mapper=session.mapper_settings)
     return make_plan(father, genome, settings, session.mri, mapping=session.mapping)
 
 
@@ -284,6 +312,7 @@ def breed_child(session, suites, seed, method, ratio, density, *values, progress
         plan=PlanSettings(method=method, ratio=float(ratio), density=float(density)),
         mri=MriSettings(family_weights=weights),
         eval_suites=tuple(suites or ()),
+        mapper=session.mapper_settings,
     )
     session.cancel.clear()
     progress(0.0, desc="Breeding")

@@ -62,7 +62,8 @@ def run_evolution(session, population, generations, sigma, seed, space, frozen, 
     weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
     start = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
     settings = _settings(population, generations, sigma, seed, space, frozen, suites, time_budget, candidate_budget, backend)
-    breed_settings = BreedSettings(seed=int(seed), mri=MriSettings(family_weights=weights), eval_suites=tuple(suites))
+    breed_settings = BreedSettings(seed=int(seed), mri=MriSettings(family_weights=weights), eval_suites=tuple(suites),
+                                   mapper=session.mapper_settings)
     out = session.workdir / f"evolved-{session.children_bred + 1}"
     session.children_bred += 1
     session.cancel.clear()
@@ -136,7 +137,8 @@ def run_ablation(session, population, generations, sigma, seed, suites, *values,
     settings = _settings(population, generations, sigma, seed, "genome", (), suites, None, None, "local")
     rows = ablate_trust(
         father, mother, session.workdir / "ablation", base=base, start=start, settings=settings,
-        breed_settings=BreedSettings(seed=int(seed), mri=MriSettings(family_weights=weights), eval_suites=tuple(suites)),
+        breed_settings=BreedSettings(seed=int(seed), mri=MriSettings(family_weights=weights), eval_suites=tuple(suites),
+                                     mapper=session.mapper_settings),
     )
     table = pd.DataFrame([
         {"run": row["run"], "mri_trust": round(row["mri_trust"], 3), "search fitness": round(row["search_fitness"], 3),

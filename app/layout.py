@@ -4,12 +4,12 @@ import os
 
 import gradio as gr
 
-from darwin_core.choices import MERGE_METHODS, PRESET_NAMES
+from darwin_core.choices import CROSSBREED_MODES, MERGE_METHODS, PRESET_NAMES
 from darwin_core.evaluate import list_suites
 from darwin_core.genome import GENE_GROUPS, GENE_HELP, GENE_NAMES, Genome
 
 from . import callbacks, evolve_callbacks
-from .state import close_session
+from .state import close_request, close_session
 
 DEFAULT_FATHER = "embedded:tiny-arith"
 DEFAULT_MOTHER = "embedded:tiny-reverse"
@@ -50,9 +50,17 @@ def build_demo() -> gr.Blocks:
                     with gr.Row():
                         upload = gr.File(label="Model folder (.zip)", file_types=[".zip"], type="filepath", elem_id="upload-zip")
                         upload_role = gr.Radio(["father", "mother"], value="mother", label="Use it as")
+                with gr.Accordion("Crossing families (Architecture Mapper)", open=False):
+                    with gr.Row():
+                        crossbreed = gr.Radio(["none", *CROSSBREED_MODES], value="none", label="Crossbreed mode",
+                                              info="ffn: keep the father's attention and mixers, blend only the FFNs per layer")
+                        min_match = gr.Slider(0, 1, value=0.8, step=0.05, label="Minimum share of tensors that must pair",
+                                              info="breeding stops with the match report below this")
                 check_button = gr.Button("Check compatibility", variant="primary", elem_id="check-parents")
                 compat_table = gr.Dataframe(label="Compatibility report", interactive=False, elem_id="compat-table")
                 compat_summary = gr.Markdown(elem_id="compat-summary")
+                match_table = gr.Dataframe(label="Architecture Mapper: tensors per component", interactive=False,
+                                           visible=False, elem_id="match-table")
                 with gr.Accordion("Find parents on the Hugging Face Hub", open=False):
                     with gr.Row():
                         hub_query = gr.Textbox(label="Search", placeholder="e.g. SmolLM2 instruct", scale=3)
@@ -189,8 +197,8 @@ def build_demo() -> gr.Blocks:
                 next_generation = gr.Button("Use this child as the father of the next generation", elem_id="next-generation")
 
         # --- events --------------------------------------------------------------------------
-        parents_in = [father, mother, base, session]
-        parents_out = [session, compat_table, compat_summary]
+        parents_in = [father, mother, base, crossbreed, min_match, session]
+        parents_out = [session, compat_table, compat_summary, match_table]
         genes = [gene_sliders[name] for name in gene_sliders]
         weights_and_genes = [*family_sliders, *genes]
         mri_out = [session, static_a, static_b, probe_a, probe_b, ratio_map, transplant_map, sibling_plot]
@@ -259,6 +267,8 @@ def build_demo() -> gr.Blocks:
         ablation_button.click(evolve_callbacks.run_ablation,
                               [session, population, generations, sigma, evolve_seed, evolve_suites, *weights_and_genes],
                               [session, ablation_table], concurrency_id="heavy")
+        demo.unload(close_request)
+
         demo.components = {
             "session": session, "father": father, "mother": mother, "base": base, "genes": gene_sliders,
             "family_sliders": family_sliders, "suites": suites, "tabs": tabs,

@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gradio as gr
+
 logger = logging.getLogger(__name__)
 
 # Child folders of every session live under this root, one temporary folder per session.
@@ -25,6 +27,7 @@ class Session:
     parents: tuple | None = None
     compatibility: object | None = None
     mapping: object | None = None
+    mapper_settings: object | None = None
     mri: object | None = None
     child: Path | None = None
     record: dict | None = None
@@ -36,8 +39,10 @@ class Session:
 
     @classmethod
     def create(cls) -> "Session":
+        from darwin_core.mapper import MapperSettings
+
         SESSIONS_ROOT.mkdir(parents=True, exist_ok=True)
-        return cls(workdir=Path(tempfile.mkdtemp(prefix="session-", dir=SESSIONS_ROOT)))
+        return cls(workdir=Path(tempfile.mkdtemp(prefix="session-", dir=SESSIONS_ROOT)), mapper_settings=MapperSettings())
 
     def parents_changed(self, father: str | None, mother: str | None, base: str | None) -> bool:
         return (father, mother, base) != (self.father_ref, self.mother_ref, self.base_ref)
@@ -72,6 +77,26 @@ class Session:
 
 
 def close_session(session: "Session | None") -> None:
-    """`gr.State` delete callback: runs when the session ends or expires."""
+    """`gr.State` delete callback: runs when the session's state expires."""
+    if session is not None:
+        session.close()
+
+
+# Open sessions by Gradio session hash, so the page-unload event can close a session at once.
+# Gradio keeps the state of a closed page for an hour before its delete callback runs.
+_OPEN: dict[str, Session] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def register(session_hash: str | None, session: Session) -> None:
+    if session_hash:
+        with _OPEN_LOCK:
+            _OPEN[session_hash] = session
+
+
+def close_request(request: gr.Request) -> None:
+    """`demo.unload` handler: free the models and files of the session whose page closed."""
+    with _OPEN_LOCK:
+        session = _OPEN.pop(getattr(request, "session_hash", None), None)
     if session is not None:
         session.close()

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .card import card_body, card_metadata, choose_license, read_front_matter_license, reproduce_command
 from .checkpoint import INDEX_NAME, SINGLE_NAME, PlannedTensor, SafetensorsStreamWriter, plan_shards
-from .compat import check_parents
+from .compat import CompatibilityReport, check_parents
 from .errors import DarwinError, ParentError
 from .genome import Genome, LayerRatios
 from .hashing import sha256_file
@@ -315,7 +315,8 @@ def breed(
             evaluation = evaluate_child(folder, father, mother, suites, settings.eval_split, quiet=quiet)
 
         record = build_record(
-            folder, out.name, father, mother, base, genome, layers, settings, plan, mri, health, evaluation, command, digests
+            folder, out.name, father, mother, base, genome, layers, settings, plan, mri, health, evaluation, command, digests,
+            mapping.report,
         )
         if cancel is not None and cancel.is_set():
             raise BreedCancelled("breed cancelled; no child was written")
@@ -348,6 +349,7 @@ def build_record(
     evaluation: dict | None,
     command: str | None,
     digests: dict[str, str],
+    match_report=None,
 ) -> dict:
     """Write the model card, then `darwin.json` last, with the checksum of every weight file."""
     registry = embedded_registry()
@@ -384,6 +386,8 @@ def build_record(
         "eval": evaluation,
         "software": software_versions(),
     }
+    if match_report is not None and not isinstance(match_report, CompatibilityReport):
+        record["mapping"] = match_report.to_dict()  # how the Architecture Mapper paired the parents
     record["command"] = command or reproduce_command(record)
 
     from .hub import render_model_card

@@ -326,6 +326,7 @@ class PreflightReport:
     mother: ParentCheck
     base: ParentCheck | None
     compatibility: CompatibilityReport
+    cross_family: bool
     download_bytes: int
     disk_free_bytes: int | None
     memory_needed_bytes: int
@@ -337,8 +338,10 @@ class PreflightReport:
         return not self.problems
 
     def require_ok(self) -> None:
-        """Raise `IncompatibleParentsError` for unpaired tensors, else `DarwinError` for the first resource problem."""
-        require_compatible(self.compatibility)
+        """Raise `IncompatibleParentsError` for unpaired tensors (unless crossing families), else
+        `DarwinError` for the first resource problem."""
+        if not self.cross_family:
+            require_compatible(self.compatibility)
         if self.problems:
             raise DarwinError(self.problems[0])
 
@@ -586,8 +589,12 @@ def preflight(
     cache_dir: str | Path | None = None,
     memory_limit_bytes: int | None = None,
     disk_limit_bytes: int | None = None,
+    cross_family: bool = False,
 ) -> PreflightReport:
     """Check two parents (and a base) from config.json and safetensors headers, without weights.
+
+    With `cross_family`, tensors that do not pair by name and shape are not a problem: the
+    Architecture Mapper pairs them after the download and stops the breed if too few match.
 
     Hub references are read through the Hub's file metadata and header range requests; local
     references through their files. Raises `HubError` or `ParentError` for a parent that cannot be
@@ -622,7 +629,8 @@ def preflight(
     try:
         require_compatible(report)
     except IncompatibleParentsError as error:
-        problems.append(str(error))
+        if not cross_family:
+            problems.append(str(error))
 
     download = sum(check.download_bytes for check in parents.values())
     child_bytes = parents["father"].summary.total_bytes
@@ -659,6 +667,7 @@ def preflight(
         mother=parents["mother"],
         base=base_check,
         compatibility=report,
+        cross_family=cross_family,
         download_bytes=download,
         disk_free_bytes=disk_free,
         memory_needed_bytes=needed,

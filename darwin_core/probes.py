@@ -61,8 +61,17 @@ class ProbeProfile:
 @torch.inference_mode()
 def probe_profile(model, tokenizer, probes: dict[str, list[str]], max_tokens: int = MAX_PROBE_TOKENS) -> ProbeProfile:
     """Run every probe family through the model and measure each decoder layer's block influence."""
+    from .evaluate import threads_for
+
+    with threads_for(model):
+        return _probe_profile(model, tokenizer, probes, max_tokens)
+
+
+def _probe_profile(model, tokenizer, probes: dict[str, list[str]], max_tokens: int) -> ProbeProfile:
     layers = decoder_layers(model)
     device = next(model.parameters()).device
+    # Never probe past the positions the model was trained for (64 for the tiny family).
+    max_tokens = min(max_tokens, getattr(model.config, "max_position_embeddings", None) or max_tokens)
     state: dict = {}
 
     def capture(index):
@@ -104,7 +113,8 @@ def repetition_score(model, tokenizer, probes: dict[str, list[str]], opening_tok
     """
     scores = []
     for passages in probes.values():
-        ids = tokenizer(passages[0], return_tensors="pt")["input_ids"][:, :opening_tokens].to(next(model.parameters()).device)
+        ids = tokenizer(passages[0], return_tensors="pt", truncation=True, max_length=opening_tokens)["input_ids"]
+        ids = ids.to(next(model.parameters()).device)
         output = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),

@@ -127,7 +127,8 @@ def test_evolve_default_settings_beat_both_parents(tmp_path, capsys):
     child = child_accuracy(suite, "child")
     father = child_accuracy(suite, "embedded:tiny-arith")
     mother = child_accuracy(suite, "embedded:tiny-reverse")
-    print(f"evolved child on tiny test: {child:.3f} vs {father:.3f} and {mother:.3f}; paired {suite['paired']}")
+    with capsys.disabled():
+        print(f"\nevolved child on tiny test: {child:.3f} vs {father:.3f} and {mother:.3f}; paired {suite['paired']}")
     assert child > father and child > mother
     assert all("p_value" in paired for paired in suite["paired"])
     assert (tmp_path / "evolved" / "evolution.json").is_file()
