@@ -19,26 +19,25 @@ class Measurement:
     peak_rss_mb: float
     returncode: int
     output: str
+    stdout: str = ""
+
+    def last_json(self) -> dict:
+        """The JSON object on the last line of the command's standard output."""
+        return json.loads(self.stdout.strip().splitlines()[-1])
 
 
 def run_measured(command: list[str], env: dict | None = None, cwd: Path | None = None) -> Measurement:
-    """Run a command to completion; return its wall time and the peak RSS of the process (ru_maxrss).
+    """Run a command to completion through `bench/measure.py`; return its wall time and peak RSS.
 
-    Output is kept for error messages. The peak covers the main process only; none of the
+    Output is kept for error messages. The peak covers the command's own process; none of the
     measured commands start workers.
     """
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
-    output_chunks = []
-    while True:
-        chunk = process.stdout.read(65536)
-        if not chunk:
-            break
-        output_chunks.append(chunk)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return Measurement(seconds, usage.ru_maxrss / 1024, process.returncode, b"".join(output_chunks).decode(errors="replace"))
+    launcher = [sys.executable, str(ROOT / "bench" / "measure.py")]
+    result = subprocess.run(launcher + command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=cwd)
+    stderr = result.stderr.decode(errors="replace")
+    facts = json.loads(stderr.strip().splitlines()[-1])
+    output = result.stdout.decode(errors="replace") + stderr
+    return Measurement(facts["seconds"], facts["peak_rss_mb"], facts["returncode"], output, result.stdout.decode(errors="replace"))
 
 
 def require_success(measurement: Measurement, what: str) -> Measurement:

@@ -194,15 +194,19 @@ def write_child_weights(
                     child = merge_tensor(
                         plan.entries[tensor.name], father_tensor, mother_tensor, base_tensor, plan.method, settings.seed, settings.plan
                     )
-                    if child.is_floating_point() and not bool(torch.isfinite(child).all()):
-                        if not settings.allow_nonfinite_parents:
-                            _reject_nonfinite_parent(tensor.name, (father, father_tensor), (mother, mother_tensor), (base, base_tensor))
-                        nonfinite.append(tensor.name)
                     writer.write(tensor.name, child)
                     weight_map[tensor.name] = file_name
                     progress.update(1)
                 writer.close()
                 digests[file_name] = writer.sha256
+                nonfinite += writer.nonfinite
+                if writer.nonfinite and not settings.allow_nonfinite_parents:
+                    name = writer.nonfinite[0]
+                    father_tensor = father.checkpoint.get(name)
+                    partners = [(father, father_tensor), (mother, mapping.partner(mother.checkpoint, name, father_tensor, "mother"))]
+                    if base is not None:
+                        partners.append((base, mapping.partner(base.checkpoint, name, father_tensor, "base")))
+                    _reject_nonfinite_parent(name, *partners)
             except BaseException:
                 writer.abort()
                 raise
@@ -229,7 +233,11 @@ def _reject_nonfinite_report(mri: MriReport, father: Parent, mother: Parent) -> 
 
 
 def _reject_nonfinite_parent(name: str, *pairs) -> None:
-    """Name the parent whose tensor already holds NaN or Inf values, so the child would inherit them."""
+    """Name the parent whose tensor already holds NaN or Inf values, so the child would inherit them.
+
+    When no parent does (the merge itself overflowed), the child keeps the tensor and the health
+    check reports it.
+    """
     for role, (parent, tensor) in zip(("father", "mother", "base"), pairs):
         if parent is None or tensor is None or not tensor.is_floating_point():
             continue

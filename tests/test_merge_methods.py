@@ -292,3 +292,22 @@ def test_linear_fast_path_value():
     b = torch.randn(8, generator=generator(23))
     entry = TensorPlan("w", "ffn", 0, 0, 0.4, None, 0.4, Action.BLEND, 1.0, 1.0, 0.0)
     assert_close(merge_tensor(entry, a, b, None, "linear", 0), 0.6 * a + 0.4 * b)
+
+
+@pytest.mark.parametrize("method", ["darwin", "linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_chunked_merge_is_bit_identical(method, dtype, monkeypatch):
+    """Merging a large tensor chunk by chunk gives exactly the bits of merging it whole."""
+    import darwin_core.merge as merge_module
+    from darwin_core.merge import merge_tensor
+    from darwin_core.plan import Action, PlanSettings, TensorPlan
+
+    father = torch.randn(300, 70, generator=generator(30)).to(dtype)
+    mother = (father.float() + 0.05 * torch.randn(300, 70, generator=generator(31))).to(dtype)
+    entry = TensorPlan("model.embed_tokens.weight", "embedding", None, None, 0.4, 0.5, 0.4, Action.BLEND, 0.7, 0.6, 0.3)
+    settings = PlanSettings(method=method)
+    whole = merge_tensor(entry, father, mother, None, method, 9, settings)
+    monkeypatch.setattr(merge_module, "CHUNK_ELEMENTS", 1024)
+    chunked = merge_tensor(entry, father, mother, None, method, 9, settings)
+    assert chunked.dtype == dtype
+    assert torch.equal(whole, chunked)

@@ -32,9 +32,18 @@ class PairGeometry:
     dot: float
 
     @classmethod
-    def of(cls, a: torch.Tensor, b: torch.Tensor) -> "PairGeometry":
-        a32, b32 = a.reshape(-1).float(), b.reshape(-1).float()
-        return cls(float(a32.norm()), float(b32.norm()), float(torch.dot(a32, b32)))
+    def of(cls, a: torch.Tensor, b: torch.Tensor, chunk_elements: int = 1 << 22) -> "PairGeometry":
+        """Measure two tensors in float32 chunks, summed in float64, so a bf16 embedding never
+        needs whole float32 copies."""
+        flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+        squares_a = squares_b = dot = 0.0
+        for start in range(0, flat_a.numel(), chunk_elements):
+            chunk_a = flat_a[start : start + chunk_elements].float()
+            chunk_b = flat_b[start : start + chunk_elements].float()
+            squares_a += float(torch.dot(chunk_a, chunk_a))
+            squares_b += float(torch.dot(chunk_b, chunk_b))
+            dot += float(torch.dot(chunk_a, chunk_b))
+        return cls(math.sqrt(squares_a), math.sqrt(squares_b), dot)
 
 
 def slerp_coefficients(geometry: PairGeometry, t: float) -> tuple[float, float]:
