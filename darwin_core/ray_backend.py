@@ -50,7 +50,7 @@ class RayBackend:
             def __init__(self, context):
                 import torch
 
-                from darwin_core.evolve import CandidateEvaluator
+                from darwin_core.candidates import CandidateEvaluator
 
                 torch.set_num_threads(1)
                 self.evaluator = CandidateEvaluator(context)

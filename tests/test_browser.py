@@ -3,7 +3,6 @@
 Screenshots of every screen go to test-artifacts/ for a reviewer to look at.
 """
 
-import os
 import shutil
 from pathlib import Path
 

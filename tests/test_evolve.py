@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import darwin_core.evolve as evolve_module
+import darwin_core.candidates as candidates_module
 from darwin_core.breed import BreedSettings
 from darwin_core.errors import DarwinError, GenomeError
 from darwin_core.evolve import FAILED_FITNESS, Evolution, EvolveSettings, GenomeCodec, ablate_trust, evolve
@@ -83,7 +83,7 @@ def test_resume_rejects_other_settings(llama_family, choice_suite, tmp_path):
 
 
 def test_failed_candidate_gets_worst_fitness(llama_family, choice_suite, tmp_path, monkeypatch, caplog):
-    real_build, real_merge = evolve_module.build_plan, evolve_module.merge_tensor
+    real_build, real_merge = candidates_module.build_plan, candidates_module.merge_tensor
     state = {"candidate": 0}
 
     def counting_build(*args, **kwargs):
@@ -96,9 +96,9 @@ def test_failed_candidate_gets_worst_fitness(llama_family, choice_suite, tmp_pat
         value = real_merge(*args, **kwargs)
         return torch.full_like(value, float("nan")) if state["candidate"] == 6 else value
 
-    monkeypatch.setattr(evolve_module, "build_plan", counting_build)
-    monkeypatch.setattr(evolve_module, "merge_tensor", nan_merge)
-    with caplog.at_level(logging.ERROR, logger="darwin_core.evolve"):
+    monkeypatch.setattr(candidates_module, "build_plan", counting_build)
+    monkeypatch.setattr(candidates_module, "merge_tensor", nan_merge)
+    with caplog.at_level(logging.ERROR, logger="darwin_core.candidates"):
         _, result = run_search(llama_family, choice_suite, tmp_path / "run")
     failed = [c for c in result.candidates if c.error]
     assert [c.id for c in failed] == ["g0-c2", "g1-c1"]

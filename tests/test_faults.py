@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from darwin_core.archive import safe_extract_zip
 from darwin_core.breed import BreedSettings, breed, verify_child
 from darwin_core.errors import DarwinError, GenomeError, OutputError, ParentError
-from darwin_core.genome import Genome, LayerRatios
+from darwin_core.genome import LayerRatios
 from darwin_core.parents import resolve_parent
 
 FAST = BreedSettings(run_health=False, eval_suites=())

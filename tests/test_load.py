@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from darwin_core.genome import GENE_NAMES, Genome
-from studio_server import REPO, StudioServer
+from studio_server import StudioServer
 
 pytestmark = pytest.mark.browser
 

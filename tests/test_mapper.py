@@ -15,7 +15,7 @@ from darwin_core.breed import BreedSettings, breed, prepare
 from darwin_core.mapper import MapperSettings, MatchError, canonical_parts, match_parents, resolve
 from darwin_core.parents import resolve_parent
 from darwin_core.plan import PlanSettings
-from factories import llama_config, perturbed_copy, save_model
+from factories import perturbed_copy
 from mapper_factories import (
     FAMILIES,
     gemma_as_llama,
