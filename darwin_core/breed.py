@@ -305,6 +305,9 @@ def breed(
     plan = make_plan(father, genome, settings, mri, layers, mapping)
     logger.info("plan for %s x %s: %s", father.ref, mother.ref, plan.counts())
 
+    from .hub import import_card_support
+
+    threading.Thread(target=import_card_support, name="import huggingface_hub", daemon=True).start()
     folder = temporary_folder(out)
     try:
         nonfinite, digests = write_child_weights(folder, father, mother, base, plan, settings, mapping, quiet=quiet, cancel=cancel)

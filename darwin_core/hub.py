@@ -1025,6 +1025,14 @@ def _delete_failed_repo(api, repo_id: str, token: str) -> None:
 # --- model card ------------------------------------------------------------------------------
 
 
+def import_card_support() -> None:
+    """Import what `render_model_card` needs. A breed calls this on a background thread while it
+    merges, which hides the 0.1 s that huggingface_hub takes to import."""
+    import importlib
+
+    importlib.import_module("huggingface_hub")
+
+
 def render_model_card(metadata: dict, body: str) -> str:
     """Render a model card (YAML front matter and Markdown body) with `huggingface_hub.ModelCard`."""
     from huggingface_hub import ModelCard, ModelCardData

@@ -7,20 +7,25 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-_MMAP_THRESHOLD_BYTES = 1024 * 1024
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers in glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 8 * 1024 * 1024
+_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 _applied = False
 
 
 def return_large_blocks_to_the_os() -> None:
-    """Make glibc serve every allocation above 1 MiB with its own memory map.
+    """Serve allocations above 8 MiB with their own memory maps, and keep up to 64 MiB of freed heap.
 
     glibc raises its mmap threshold after large blocks are freed (up to 32 MiB by default), so
-    tensor-sized buffers then come from the heap and freed ones stay in the process. A streaming
-    breed allocates and frees one buffer per tensor, and with the raised threshold its resident
-    memory grew to about eight tensors instead of three (measured by bench/inprocess.py on
-    64 MiB tensors). Fixing the threshold returns each freed buffer at once. It is a
-    process-wide setting, applied once; other C libraries are untouched.
+    tensor-sized buffers then come from the heap and freed ones stay in the process: a streaming
+    breed of 64 MiB tensors held about eight tensors instead of three (bench/inprocess.py).
+    Fixed thresholds stop that: a block above 8 MiB is unmapped as soon as it is freed. Smaller
+    blocks (the projections of a 135M model, 3.5 MB in float32) are reused from the heap, which
+    is only trimmed once 64 MiB at its top are free; a 1 MiB threshold with the default trim
+    made every temporary a fresh map whose pages fault in again, and a TIES breed of SmolLM2
+    took 2.1 s instead of 1.1 s at the same peak RSS. Process-wide, applied once; other C
+    libraries are untouched.
     """
     global _applied
     if _applied or not sys.platform.startswith("linux"):
@@ -33,8 +38,9 @@ def return_large_blocks_to_the_os() -> None:
     except (OSError, AttributeError):
         logger.debug("mallopt is not available; keeping the default malloc thresholds")
         return
-    if mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) != 1:
-        logger.debug("mallopt(M_MMAP_THRESHOLD) was refused; keeping the default")
+    for parameter, value in ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)):
+        if mallopt(parameter, value) != 1:
+            logger.debug("mallopt(%d, %d) was refused; keeping the default", parameter, value)
 
 
 def available_memory() -> int | None:

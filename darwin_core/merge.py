@@ -20,6 +20,7 @@ from .merge_methods import (
     darwin_merge,
     drop_and_rescale,
     linear,
+    kth_largest,
     magnitude_trim,
     slerp,
     task_arithmetic,
@@ -138,10 +139,8 @@ def _father_based_ties(entry: TensorPlan, father: torch.Tensor, mother: torch.Te
     for start in range(0, count, CHUNK_ELEMENTS):
         window = slice(start, start + CHUNK_ELEMENTS)
         magnitudes[window] = (flat_mother[window].float() - flat_father[window].float()).abs()
-    values = magnitudes.numpy()
-    values.partition(count - keep)
-    threshold = float(values[count - keep])
-    del magnitudes, values
+    threshold = kth_largest(magnitudes, keep)
+    del magnitudes
 
     scale = 1.0 if normalize and entry.r_final > 0 else entry.r_final
 

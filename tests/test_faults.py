@@ -179,6 +179,23 @@ def test_sigkill_never_leaves_a_complete_looking_child(make_model, tmp_path):
             assert verify_child(out) == []
 
 
+def test_inspect_verifies_the_checksums(llama_family, tmp_path, capsys):
+    from darwin_core.cli import main
+
+    out = breed(llama_family["a"], llama_family["b"], tmp_path / "child", settings=FAST).out
+    assert main(["inspect", str(out)]) == 0
+    assert "checksums: ok" in capsys.readouterr().out
+
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one damaged byte in the last tensor; the header still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as stopped:
+        main(["inspect", str(out)])
+    assert stopped.value.code == 1
+    assert "model.safetensors does not match its checksum in darwin.json" in capsys.readouterr().out
+
+
 def test_pickle_only_folder_needs_permission(llama_family, tmp_path):
     pickled = tmp_path / "pickled"
     pickled.mkdir()

@@ -17,6 +17,7 @@ from darwin_core.merge_methods import (
     drop_and_rescale,
     elect_sign,
     linear,
+    kth_largest,
     magnitude_trim,
     slerp,
     task_arithmetic,
@@ -76,6 +77,21 @@ def test_magnitude_trim_keeps_largest():
     assert_close(magnitude_trim(delta, 0.5), torch.tensor([0.0, -3.0, 0.0, 2.0, 0.0, 1.0]))
     assert_close(magnitude_trim(delta, 1.0), delta)
     assert_close(magnitude_trim(delta, 0.0), torch.zeros(6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kth_largest_matches_a_full_sort(dtype):
+    # Repeated magnitudes included: the threshold is the k-th entry of the sorted values.
+    values = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0, 0.5, 2.0, 4.0], dtype=dtype)
+    ranked = sorted(values.float().tolist(), reverse=True)
+    for k in range(1, values.numel() + 1):
+        assert kth_largest(values.clone(), k) == ranked[k - 1]
+
+
+def test_magnitude_trim_keeps_ties_at_the_threshold():
+    # Keeping 2 of 5 where the 2nd and 3rd largest magnitudes tie: both survive.
+    delta = torch.tensor([1.0, -2.0, 2.0, 3.0, 0.5])
+    assert_close(magnitude_trim(delta, 0.4), torch.tensor([0.0, -2.0, 2.0, 3.0, 0.0]))
 
 
 def test_ties_hand_built_2x3_known_signs():

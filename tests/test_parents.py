@@ -39,6 +39,30 @@ def test_folder_resolves(llama_family):
     assert len(parent.sources[0]["sha256"]) == 64
 
 
+def test_checkpoint_reads_every_dtype_and_never_writes_back(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = {
+        "a.flag": torch.tensor([True, False, True]),  # 3 bytes: the next tensor starts unaligned
+        "b.half": torch.arange(6, dtype=torch.float16).reshape(2, 3),
+        "c.bf16": torch.linspace(-1, 1, 5, dtype=torch.bfloat16),
+        "d.empty": torch.zeros(0, 4),
+        "e.float": torch.randn(3, 2),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, path)
+    (tmp_path / "config.json").write_text("{}")
+    before = path.read_bytes()
+    checkpoint = Checkpoint(tmp_path)
+    for name, expected in tensors.items():
+        got = checkpoint.get(name)
+        assert got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected), name
+        if got.numel():
+            got.zero_() if got.dtype != torch.bool else got.logical_not_()  # copy-on-write map
+    assert path.read_bytes() == before
+    assert all(torch.equal(load_file(path)[name], tensors[name]) for name in tensors)
+
+
 def test_missing_shard(make_model, tmp_path):
     father = make_model("father", seed=1, shards=2)
     mother = make_model("mother", seed=2)

@@ -10,7 +10,7 @@ from .darwin import DarwinConfig, darwin_dare_ties, darwin_merge
 from .linear import LinearConfig, linear
 from .slerp import PairGeometry, SlerpConfig, slerp, slerp_coefficients
 from .task_arithmetic import TaskArithmeticConfig, task_arithmetic
-from .ties import TiesConfig, disjoint_merge, elect_sign, magnitude_trim, ties
+from .ties import TiesConfig, disjoint_merge, elect_sign, kth_largest, magnitude_trim, ties
 
 METHOD_CONFIGS = {
     "darwin": DarwinConfig,
@@ -33,5 +33,5 @@ __all__ = [
     "MERGE_METHODS", "FIXED_METHODS", "METHOD_CONFIGS", "MergeMethod", "check_method",
     "DareConfig", "DarwinConfig", "LinearConfig", "SlerpConfig", "TaskArithmeticConfig", "TiesConfig",
     "dare_linear", "dare_ties", "darwin_dare_ties", "darwin_merge", "disjoint_merge", "drop_and_rescale",
-    "elect_sign", "linear", "magnitude_trim", "slerp", "slerp_coefficients", "task_arithmetic", "ties", "PairGeometry",
+    "elect_sign", "kth_largest", "linear", "magnitude_trim", "slerp", "slerp_coefficients", "task_arithmetic", "ties", "PairGeometry",
 ]
