@@ -31,12 +31,20 @@ ZIP_LIMIT_BYTES = 600 * 1024 * 1024
 
 
 def _as_user_error(function, error: Exception) -> gr.Error:
+    """Convert an exception into the message shown on the page.
+
+    A user's mistake is logged as one line, and only an unexpected error logs its traceback.
+    Gradio's own traceback printing is switched off for both.
+    """
     if isinstance(error, gr.Error):
+        error.print_exception = False
+        logger.info("%s: %s", function.__name__, error.message)
         return error
     if isinstance(error, (DarwinError, ValueError, FileNotFoundError)):
-        return gr.Error(str(error))
+        logger.info("%s: %s", function.__name__, error)
+        return gr.Error(str(error), print_exception=False)
     logger.exception("unexpected error in %s", function.__name__)
-    return gr.Error(f"Unexpected error ({type(error).__name__}); details are in the server log.")
+    return gr.Error(f"Unexpected error ({type(error).__name__}); details are in the server log.", print_exception=False)
 
 
 def user_errors(function):
@@ -167,6 +175,12 @@ def check_parents(father, mother, base, crossbreed, min_match, session, request:
     return session, tables.compatibility_table(report), summary, match
 
 
+def parents_not_checked():
+    """After a failed parents check: clear the previous parents' report so it cannot pass for this one."""
+    note = "**Not checked**: these parents could not be read; the message in the corner says why."
+    return None, note, gr.update(value=None, visible=False)
+
+
 @user_errors
 def upload_parent(session, archive, role, request: gr.Request = None):
     """Unpack an uploaded model zip into the session folder and use it as father or mother."""
@@ -176,7 +190,8 @@ def upload_parent(session, archive, role, request: gr.Request = None):
     if not archive:
         raise gr.Error("Choose a .zip of a model folder first.")
     name = Path(archive).stem
-    folder = safe_extract_zip(archive, session.workdir / "uploads" / name)
+    with session.job():
+        folder = safe_extract_zip(archive, session.workdir / "uploads" / name)
     update = gr.update(value=str(folder))
     return (session, update, gr.skip()) if role == "father" else (session, gr.skip(), update)
 
@@ -289,8 +304,9 @@ def export_genome(session, *genes):
     session = _session(session)
     genome = genome_from_values(genes)
     path = session.workdir / "genome.json"
-    path.write_text(json.dumps(genome.to_dict(), indent=2) + "\n")
-    return session, str(path)
+    with session.job():
+        path.write_text(json.dumps(genome.to_dict(), indent=2) + "\n")
+    return session, gr.update(value=str(path), visible=True)
 
 
 # --- breed, evaluate, chat --------------------------------------------------------------------
@@ -314,12 +330,13 @@ def breed_child(session, suites, seed, method, ratio, density, *values, progress
         eval_suites=tuple(suites or ()),
         mapper=session.mapper_settings,
     )
-    session.cancel.clear()
-    progress(0.0, desc="Breeding")
-    result = breed(
-        father, mother, session.next_child_folder(), base=base, genome=genome, settings=settings,
-        quiet=False, cancel=session.cancel, mri=session.mri if method == "darwin" else None,
-    )
+    with session.job():
+        session.cancel.clear()
+        progress(0.0, desc="Breeding")
+        result = breed(
+            father, mother, session.next_child_folder(), base=base, genome=genome, settings=settings,
+            quiet=False, cancel=session.cancel, mri=session.mri if method == "darwin" else None,
+        )
     session.child, session.record, session.health = result.out, result.record, result.health
     session.models.pop("child", None)
     return (session, *_child_outputs(session))
@@ -338,7 +355,7 @@ def _child_outputs(session: Session):
         health_plot = plots.health_figure(health)
     else:
         verdict, health_plot = "Health check skipped.", None
-    card = (session.child / "README.md").read_text(encoding="utf-8")
+    card = tables.card_preview((session.child / "README.md").read_text(encoding="utf-8"))
     return status, tables.eval_table(record.get("eval")), tables.eval_note(record.get("eval")), verdict, health_plot, card
 
 
@@ -399,7 +416,7 @@ def zip_child(session):
     if size > ZIP_LIMIT_BYTES:
         raise gr.Error(f"The child is {size / 2**20:.0f} MiB; zips are offered up to {ZIP_LIMIT_BYTES / 2**20:.0f} MiB. Save it to a folder instead.")
     archive = session.workdir / f"{session.child.name}.zip"
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+    with session.job(), zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         for path in sorted(session.child.iterdir()):
             bundle.write(path, arcname=f"{session.child.name}/{path.name}")
     return session, str(archive)

@@ -27,8 +27,8 @@ CSS = """
 INTRO = """# Darwin Studio
 Breed a child model from two parents **without training**: scan both parents (MRI), set or evolve a
 14-gene genome, breed, evaluate the child against its parents, and publish it with its whole recipe.
-The embedded *tiny* family works offline: `tiny-arith` adds two-digit numbers, `tiny-reverse` reverses
-short words, and a good child does both."""
+The embedded *tiny* family works offline: `tiny-arith` adds two-digit numbers (prompt `12+34=`),
+`tiny-reverse` reverses short words (prompt `rev:hello=`), and a good child does both."""
 
 
 def build_demo() -> gr.Blocks:
@@ -99,7 +99,9 @@ def build_demo() -> gr.Blocks:
                     preset = gr.Dropdown(list(PRESET_NAMES), value="balanced", label="Preset", scale=2)
                     apply_preset_button = gr.Button("Apply preset", scale=1)
                     genome_upload = gr.File(label="Import genome JSON", file_types=[".json"], type="filepath", scale=2)
-                    export_button = gr.DownloadButton("Export genome JSON", scale=1)
+                    with gr.Column(scale=1, min_width=160):
+                        export_button = gr.Button("Export genome JSON", elem_id="export-button")
+                        export_file = gr.File(label="genome.json", interactive=False, visible=False, elem_id="export-file")
                 gene_sliders = {}
                 with gr.Row():
                     for group, genes in GENE_GROUPS.items():
@@ -132,7 +134,7 @@ def build_demo() -> gr.Blocks:
                 health_plot = gr.Plot(label="Health check per layer", elem_id="health-plot")
                 gr.Markdown("### Chat with all three")
                 with gr.Row():
-                    chat_prompt = gr.Textbox(label="Prompt", placeholder="e.g. 12+34=", scale=4, elem_id="chat-prompt")
+                    chat_prompt = gr.Textbox(label="Prompt", placeholder="e.g. 12+34= (addition) or rev:hello= (reverse a word)", scale=4, elem_id="chat-prompt")
                     chat_button = gr.Button("Send to father, mother and child", scale=1, elem_id="chat-send")
                 with gr.Row():
                     answer_father = gr.Textbox(label="Father", interactive=False, elem_id="answer-father")
@@ -156,14 +158,16 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     evolve_suites = gr.CheckboxGroup(list_suites(), value=[s for s in DEFAULT_SUITES if s in list_suites()],
                                                      label="Fitness suites", elem_id="evolve-suites")
-                    time_budget = gr.Number(None, label="Time budget (s, empty = none)")
-                    candidate_budget = gr.Number(None, label="Candidate budget (empty = none)", precision=0)
+                    time_budget = gr.Number(0, label="Time budget (s, 0 = none)", minimum=0)
+                    candidate_budget = gr.Number(0, label="Candidate budget (0 = none)", precision=0, minimum=0,
+                                                 elem_id="evolve-candidate-budget")
                     backend = gr.Radio(["local", "ray"], value="local", label="Backend")
                 with gr.Row():
                     evolve_button = gr.Button("Evolve", variant="primary", elem_id="evolve-button")
                     resume_button = gr.Button("Resume last run", elem_id="resume-button")
                     evolve_cancel = gr.Button("Cancel", variant="stop", elem_id="evolve-cancel")
                     ablation_button = gr.Button("Trust ablation (3 runs)", elem_id="ablation-button")
+                evolve_cancel_note = gr.Markdown(elem_id="evolve-cancel-note")
                 evolve_status = gr.Markdown(elem_id="evolve-status")
                 with gr.Row():
                     fitness_plot = gr.Plot(label="Fitness per generation", elem_id="fitness-plot")
@@ -211,8 +215,10 @@ def build_demo() -> gr.Blocks:
                 .success(callbacks.update_plan, [session, *weights_and_genes], plan_out)
             )
 
-        check_then_scan(check_button.click(callbacks.check_parents, parents_in, parents_out, api_name="check_parents"))
-        check_then_scan(demo.load(callbacks.check_parents, parents_in, parents_out, api_name=False))
+        for check in (check_button.click(callbacks.check_parents, parents_in, parents_out, api_name="check_parents"),
+                      demo.load(callbacks.check_parents, parents_in, parents_out, api_name=False)):
+            check_then_scan(check)
+            check.failure(callbacks.parents_not_checked, None, [compat_table, compat_summary, match_table])
         scan_button.click(callbacks.scan_parents, [session, *weights_and_genes], mri_out, concurrency_id="heavy")
 
         for slider in [*family_sliders, *genes]:
@@ -228,7 +234,7 @@ def build_demo() -> gr.Blocks:
         genome_upload.upload(callbacks.import_genome, [genome_upload], genes).then(
             callbacks.update_plan, [session, *weights_and_genes], plan_out
         )
-        export_button.click(callbacks.export_genome, [session, *genes], [session, export_button])
+        export_button.click(callbacks.export_genome, [session, *genes], [session, export_file])
 
         breed_event = breed_button.click(
             callbacks.breed_child,
@@ -256,14 +262,14 @@ def build_demo() -> gr.Blocks:
 
         evolve_inputs = [session, population, generations, sigma, evolve_seed, space, frozen, evolve_suites, time_budget,
                          candidate_budget, backend]
-        evolve_outputs = [session, evolve_status, fitness_plot, best_genome, *genes,
+        evolve_outputs = [session, evolve_status, evolve_cancel_note, fitness_plot, best_genome, *genes,
                           breed_status, eval_table, eval_note, health_verdict, health_plot, card_preview]
         resume_flag_off, resume_flag_on = gr.State(False), gr.State(True)
         evolve_button.click(evolve_callbacks.run_evolution, [*evolve_inputs, resume_flag_off, *weights_and_genes],
                                            evolve_outputs, concurrency_id="heavy")
         resume_button.click(evolve_callbacks.run_evolution, [*evolve_inputs, resume_flag_on, *weights_and_genes],
                                            evolve_outputs, concurrency_id="heavy")
-        evolve_cancel.click(evolve_callbacks.cancel_evolution, [session], [evolve_status])
+        evolve_cancel.click(evolve_callbacks.cancel_evolution, [session], [evolve_cancel_note])
         ablation_button.click(evolve_callbacks.run_ablation,
                               [session, population, generations, sigma, evolve_seed, evolve_suites, *weights_and_genes],
                               [session, ablation_table], concurrency_id="heavy")

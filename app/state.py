@@ -5,6 +5,7 @@ import os
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,12 @@ class Session:
     models: dict = field(default_factory=dict)
     cancel: threading.Event = field(default_factory=threading.Event)
     evolution: object | None = None
+    last_evolution: Path | None = None  # output of the latest search, which "Resume last run" continues
+    evolving: str | None = None  # "search" or "ablation" while one runs
     children_bred: int = 0
+    closed: bool = False
+    active_jobs: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls) -> "Session":
@@ -68,10 +74,41 @@ class Session:
             self.models[key] = cached
         return cached[1], cached[2]
 
+    @contextmanager
+    def job(self):
+        """Mark a step that writes into the session folder; a closed session refuses new steps.
+
+        Closing the page cancels a running step, and the folder is removed when that step ends.
+        Removing it earlier let a search or an ablation write children into the deleted folder,
+        where they were left behind.
+        """
+        with self._lock:
+            if self.closed:
+                raise gr.Error("This session was closed; reload the page to start a new one.")
+            self.active_jobs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active_jobs -= 1
+                remove = self.closed and self.active_jobs == 0
+            if remove:
+                self._remove_files()
+
     def close(self) -> None:
-        """Free loaded models and delete this session's files."""
+        """Cancel the running step, free loaded models and delete this session's files (at once,
+        or when the running step ends)."""
         self.cancel.set()
         self.models.clear()
+        with self._lock:
+            self.closed = True
+            busy = self.active_jobs > 0
+        if busy:
+            logger.info("session closing; %s is removed when its running step stops", self.workdir)
+        else:
+            self._remove_files()
+
+    def _remove_files(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
         logger.info("session closed, removed %s", self.workdir)
 

@@ -5,6 +5,7 @@ import pandas as pd
 from darwin_core.compat import CompatibilityReport
 from darwin_core.mapper import MatchReport
 from darwin_core.plan import MergePlan
+from darwin_core.stats import format_p
 
 _COMPAT_ROWS = (
     ("model type", "model_type"),
@@ -36,11 +37,16 @@ def compatibility_table(report: CompatibilityReport) -> pd.DataFrame:
 
 def compatibility_summary(report: CompatibilityReport) -> str:
     """Markdown verdict under the table."""
-    verdict = "compatible: every tensor pairs up" if report.compatible else "not compatible"
+    verdict = (
+        "compatible: every tensor pairs up by name and shape" if report.compatible
+        else "no same-family merge: the tensors do not all pair up by name and shape"
+    )
     lines = [
         f"**{verdict}** (score {report.score:.2f}; same family: {'yes' if report.same_family else 'no'}; "
-        f"{report.matched} tensors matched)"
+        f"{report.matched} tensors matched by name)"
     ]
+    if not report.compatible:
+        lines.append("- the Architecture Mapper below pairs them across layouts and says whether they can be bred")
     if report.shape_mismatched:
         name, a, b = report.shape_mismatched[0]
         lines.append(f"- {len(report.shape_mismatched)} tensors differ in shape, e.g. `{name}`: {tuple(a)} vs {tuple(b)}")
@@ -82,7 +88,7 @@ def eval_table(evaluation: dict | None) -> pd.DataFrame:
                 "n": result["n"],
                 "child wins": match["wins"] if match else "",
                 "child losses": match["losses"] if match else "",
-                "p-value": f"{match['p_value']:.3g}" if match else "",
+                "p-value": format_p(match['p_value']) if match else "",
             })
     return pd.DataFrame(rows, columns=columns)
 
@@ -96,7 +102,7 @@ def eval_note(evaluation: dict | None) -> str:
         for paired in suite.get("paired", []):
             verdict = "a real difference" if paired["p_value"] < 0.05 else "within noise on this suite size"
             direction = "better" if paired["wins"] > paired["losses"] else "worse" if paired["wins"] < paired["losses"] else "level"
-            notes.append(f"- `{suite['suite']}`: child {direction} than {paired['against']} ({paired['wins']} wins, {paired['losses']} losses, p = {paired['p_value']:.3g}): {verdict}.")
+            notes.append(f"- `{suite['suite']}`: child {direction} than {paired['against']} ({paired['wins']} wins, {paired['losses']} losses, p = {format_p(paired['p_value'])}): {verdict}.")
     return "\n".join(notes)
 
 
@@ -137,6 +143,9 @@ def match_summary(report: MatchReport) -> str:
     """Markdown under the match table: the verdict, how the parents pair, and samples of what did not."""
     scope = "FFN tensors" if report.crossbreed == "ffn" else "tensors"
     verdict = "breedable" if report.passed else "too few tensors pair to breed"
+    hint = None
+    if not report.passed and report.crossbreed is None:
+        hint = "- try **FFN crossbreed** mode (above): the father keeps its attention and mixers and only the FFNs blend"
     lines = [
         f"**{verdict}**: {report.counted_matched} of {report.counted} father {scope} pair with the mother "
         f"({report.match_fraction:.0%}; min_match {report.min_match:.0%}; compatibility score {report.compatibility_score:.2f})",
@@ -147,6 +156,8 @@ def match_summary(report: MatchReport) -> str:
         f"- {report.renamed} partners under another name, {report.converted} converted between family conventions, "
         f"{report.split_or_joined} cut from or joined into fused tensors",
     ]
+    if hint:
+        lines.insert(1, hint)
     if report.vocabulary:
         vocabulary = report.vocabulary
         lines.append(
@@ -165,3 +176,16 @@ def match_summary(report: MatchReport) -> str:
         lines.append("- mother tensors left unused, e.g. " + ", ".join(f"`{name}`" for name in report.mother_unused))
     lines += [f"- note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def card_preview(card: str) -> str:
+    """Format a model card for the preview: the YAML front matter as a code block, then the body.
+
+    Rendered as it is, the front matter runs together into one paragraph of plain text.
+    """
+    if card.startswith("---\n"):
+        end = card.find("\n---", 4)
+        if end != -1:
+            front, body = card[4:end], card[end + 4 :].lstrip("\n")
+            return f"**Metadata** (YAML front matter)\n\n```yaml\n{front}\n```\n\n{body}"
+    return card

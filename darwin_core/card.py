@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import DarwinWarning
 from .genome import GENE_GROUPS, GENE_HELP
+from .stats import format_p
 
 TAGS = ["merge", "evolutionary-merge", "darwin"]
 
@@ -111,7 +112,7 @@ def card_body(record: dict) -> str:
             lines.append(f"| {result['model']} | {result['accuracy']:.3f} | {_format_interval(result['ci95'])} | {result['n']} |")
         lines += ["", "| child vs | wins | losses | p-value |", "| --- | --- | --- | --- |"]
         for paired in suite.get("paired", []):
-            lines.append(f"| {paired['against']} | {paired['wins']} | {paired['losses']} | {paired['p_value']:.4f} |")
+            lines.append(f"| {paired['against']} | {paired['wins']} | {paired['losses']} | {format_p(paired['p_value'])} |")
         lines += ["", "Small suites are noisy: read the intervals and p-values before ranking models.", ""]
 
     lines += ["## Lineage", ""]

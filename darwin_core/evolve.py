@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FAILED_FITNESS", "Candidate", "CandidateEvaluator", "EvaluationContext", "EvolutionResult", "Evolution",
-    "EvolveSettings", "GenomeCodec", "ablate_trust", "evolve",
+    "EvolveSettings", "GenomeCodec", "ablate_trust", "evolve", "saved_run",
 ]
 
 GenomeSpace = Literal["genome", "layers"]
@@ -342,6 +342,20 @@ class Evolution:
         return None
 
 
+def saved_run(out: str | Path) -> tuple[Genome, EvolveSettings]:
+    """Read the start genome and settings of the run saved for the output folder `out`.
+
+    A resume must use them unchanged. The studio reads them here instead of from its sliders,
+    which show the best genome once a search ends.
+    """
+    out = Path(out)
+    path = out.parent / f"{out.name}.evolution" / RECORD_NAME
+    if not path.is_file():
+        raise DarwinError(f"nothing to resume: {path} not found")
+    data = json.loads(path.read_text())
+    return Genome.from_dict(data["start"], source=str(path)), EvolveSettings.from_dict(data["settings"])
+
+
 def evolve(
     father,
     mother,
@@ -367,8 +381,13 @@ def evolve(
 
     from .breed import breed, default_suites
 
+    from .outputs import check_output
+
     out = Path(out)
     workdir = out.parent / f"{out.name}.evolution"
+    # A resumed run may replace the child that an earlier, stopped attempt of it bred at `out`.
+    overwrite = overwrite or (resume and (out / RECORD_NAME).is_file())
+    check_output(out, 0, overwrite)  # checked before the search starts, and the breed checks the free space later
     run = Evolution(father, mother, base, start=start, settings=settings, breed_settings=breed_settings, workdir=workdir, quiet=quiet)
     backend = None
     if settings.backend == "ray":
@@ -401,20 +420,28 @@ def ablate_trust(
     settings: EvolveSettings = EvolveSettings(),
     breed_settings: BreedSettings = BreedSettings(),
     quiet: bool = True,
+    cancel: threading.Event | None = None,
 ) -> list[dict]:
-    """Run the same search three times: trust fixed at 0, learned, fixed at 1; score each best child on `test`."""
+    """Run the same search three times: trust fixed at 0, learned, fixed at 1; score each best child on `test`.
+
+    Setting `cancel` stops the running search early (its best child is still bred and scored)
+    and skips the runs that have not started.
+    """
     from dataclasses import replace
 
     out_dir = Path(out_dir)
     start = start or Genome()
     rows = []
     for label, trust, frozen in (("trust fixed at 0", 0.0, True), ("trust learned", start.mri_trust, False), ("trust fixed at 1", 1.0, True)):
+        if cancel is not None and cancel.is_set():
+            logger.info("trust ablation cancelled before the run with %s", label)
+            break
         frozen_genes = tuple(sorted(set(settings.frozen) | {"mri_trust"})) if frozen else tuple(g for g in settings.frozen if g != "mri_trust")
         run_settings = replace(settings, frozen=frozen_genes)
         slug = label.replace(" ", "-")
         result, child = evolve(
             father, mother, out_dir / slug, base=base, start=start.replace(mri_trust=trust),
-            settings=run_settings, breed_settings=breed_settings, quiet=quiet,
+            settings=run_settings, breed_settings=breed_settings, quiet=quiet, cancel=cancel,
         )
         scores = {
             suite["suite"]: next(r["accuracy"] for r in suite["results"] if r["model"] == "child")
@@ -428,5 +455,6 @@ def ablate_trust(
             "test_mean": sum(scores.values()) / len(scores) if scores else None,
             "child": str(child.out),
         })
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.json").write_text(json.dumps(rows, indent=2))
     return rows

@@ -128,7 +128,7 @@ def translate_errors(repo_id: str, action: str, *, token_given: bool = False, wr
         # GatedRepoError subclasses RepositoryNotFoundError, so it must be caught first.
         raise HubError(
             f"{repo_id} is gated: open its page on the Hub, accept its conditions with your account, then use a "
-            "token of that account (HF_TOKEN or the token field)"
+            "token of that account (HF_TOKEN, or the studio's token field)"
         ) from None
     except errors.RevisionNotFoundError:
         raise HubError(f"{repo_id}: revision not found; check the branch, tag or commit after '@'") from None
@@ -140,7 +140,7 @@ def translate_errors(repo_id: str, action: str, *, token_given: bool = False, wr
             ) from None
         raise HubError(
             f"{repo_id} not found on the Hub, or it is private and no token was given: check the id, or set HF_TOKEN "
-            "(or the token field) to a token with read access"
+            "(or the studio's token field) to a token with read access"
         ) from None
     except errors.OfflineModeIsEnabled:
         raise HubError(_offline_message(repo_id, action)) from None
@@ -175,7 +175,7 @@ def _http_message(error, repo_id: str, action: str, write: bool) -> str:
     status = getattr(getattr(error, "response", None), "status_code", None)
     if status == 401:
         return (
-            f"cannot {action} {repo_id}: the Hub rejected the token (HTTP 401); check HF_TOKEN or the token field, "
+            f"cannot {action} {repo_id}: the Hub rejected the token (HTTP 401); check HF_TOKEN or the studio's token field, "
             f"or create a new token at {TOKEN_SETTINGS_URL}"
         )
     if status == 403 and write:
@@ -527,7 +527,7 @@ def token_status(token: str | None = None, *, repo_id: str | None = None, endpoi
 
     token = resolve_token(token)
     if token is None:
-        return TokenStatus(False, False, None, None, False, "no token: set HF_TOKEN or enter one in the token field")
+        return TokenStatus(False, False, None, None, False, "no token: set the HF_TOKEN environment variable, or enter one in the studio's token field")
     with translate_errors(repo_id or "your account", "check the token for", token_given=True):
         try:
             account = _api(endpoint).whoami(token=token)
@@ -952,7 +952,7 @@ def push_child(
     record = _read_child_record(folder)
     token = resolve_token(token)
     if token is None:
-        raise HubError(f"pushing needs a token with write access: set HF_TOKEN or enter one in the token field ({TOKEN_SETTINGS_URL})")
+        raise HubError(f"pushing needs a token with write access: set the HF_TOKEN environment variable, or enter one in the studio's token field ({TOKEN_SETTINGS_URL})")
 
     # One whoami request: the Hub rate-limits that endpoint strictly.
     status = token_status(token, repo_id=repo_id if "/" in repo_id else None, endpoint=endpoint)

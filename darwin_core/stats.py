@@ -2,13 +2,13 @@
 
 from dataclasses import asdict, dataclass
 
-from scipy.stats import binomtest
-
 
 def wilson_interval(correct: int, total: int) -> tuple[float, float]:
     """Return the 95% Wilson score interval of `correct / total`, or (0, 1) when total is 0."""
     if total == 0:
         return (0.0, 1.0)
+    from scipy.stats import binomtest  # imported on use: scipy takes a while, and a bare breed never needs it
+
     interval = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
     return (float(interval.low), float(interval.high))
 
@@ -44,5 +44,12 @@ def paired_comparison(model: str, correct: list[bool], against: str, reference: 
     losses = sum(1 for ours, theirs in zip(correct, reference) if theirs and not ours)
     ties = len(correct) - wins - losses
     discordant = wins + losses
+    from scipy.stats import binomtest
+
     p_value = 1.0 if discordant == 0 else float(binomtest(wins, discordant, 0.5).pvalue)
     return PairedResult(model=model, against=against, wins=wins, losses=losses, ties=ties, p_value=p_value)
+
+
+def format_p(p_value: float) -> str:
+    """A p-value for tables and logs: three significant digits, so 3.6e-17 never prints as 0.0000."""
+    return f"{p_value:.3g}"

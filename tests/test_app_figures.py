@@ -79,7 +79,26 @@ def test_compatibility_table_and_summary(llama_family):
     table = tables.compatibility_table(report)
     assert list(table.columns) == ["property", "father", "mother", "base"]
     assert table[table["property"] == "layers"]["father"].iloc[0] == "2"
-    assert "compatible" in tables.compatibility_summary(report)
+    assert tables.compatibility_summary(report).startswith("**compatible: every tensor pairs up")
+
+
+def test_card_preview_shows_front_matter_as_yaml(llama_family, tmp_path):
+    result = breed(llama_family["a"], llama_family["b"], tmp_path / "child", settings=BreedSettings(run_health=False, eval_suites=()))
+    card = (result.out / "README.md").read_text()
+    preview = tables.card_preview(card)
+    assert preview.startswith("**Metadata** (YAML front matter)\n\n```yaml\n")
+    front = preview.split("```yaml\n", 1)[1].split("\n```", 1)[0]
+    assert "tags:" in front and "- evolutionary-merge" in front and "---" not in front
+    assert card.split("\n---", 2)[-1].strip() in preview  # the body follows unchanged
+    assert tables.card_preview("# no front matter") == "# no front matter"
+
+
+def test_format_p_keeps_small_values_readable():
+    from darwin_core.stats import format_p
+
+    assert format_p(3.64e-17) == "3.64e-17"
+    assert format_p(0.0421) == "0.0421"
+    assert format_p(1.0) == "1"
 
 
 def test_eval_health_and_tree(llama_family, tmp_path):

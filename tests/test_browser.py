@@ -3,6 +3,7 @@
 Screenshots of every screen go to test-artifacts/ for a reviewer to look at.
 """
 
+import json
 import shutil
 from pathlib import Path
 
@@ -149,5 +150,68 @@ def test_user_mistake_shows_message(studio, browser):
     error = page.get_by_text("unknown embedded model 'no-such-model'")
     error.first.wait_for(timeout=LONG)
     assert "Traceback" not in page.content()
+    # The report of the earlier, good parents is cleared, so it cannot pass for these.
+    page.wait_for_function("() => document.querySelector('#compat-summary').innerText.includes('Not checked')", timeout=LONG)
+    assert "compatible" not in page.inner_text("#compat-summary")
     page.screenshot(path=str(ARTIFACTS / "error-message.png"), full_page=True)
+    page.close()
+
+
+def wait_for_text(page, elem_id: str, text: str) -> None:
+    page.wait_for_function(
+        "([id, text]) => { const e = document.querySelector('#' + id); return e && e.innerText.includes(text); }",
+        arg=[elem_id, text], timeout=LONG,
+    )
+
+
+def set_number(page, elem_id: str, value: str) -> None:
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(value)
+    field.press("Enter")
+
+
+def test_export_genome_gives_the_current_sliders(studio, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(studio.url)
+    page.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+    open_tab(page, "3 · Genome")
+    for value in ("0.3", "0.7"):
+        set_number(page, "gene-global_ratio", value)
+        page.click("#export-button")
+        link = page.locator("#export-file a[download]").first
+        link.wait_for(timeout=LONG)
+        with page.expect_download(timeout=LONG) as download:
+            link.click()
+        exported = json.loads(Path(download.value.path()).read_text())
+        assert exported["global_ratio"] == float(value)
+    page.close()
+
+
+def test_evolve_cancel_and_resume(studio, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(studio.url)
+    page.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+    open_tab(page, "5 · Evolve")
+    page.click("#evolve-cancel")
+    wait_for_text(page, "evolve-cancel-note", "Nothing is running")
+    page.click("#resume-button")
+    page.get_by_text("Nothing to resume in this session yet").first.wait_for(timeout=LONG)
+
+    # A long search, cancelled after its first generation: the best genome so far is bred.
+    set_number(page, "evolve-population", "4")
+    set_number(page, "evolve-generations", "40")
+    page.click("#evolve-button")
+    wait_for_text(page, "evolve-status", "Generation 1 of 40")
+    page.click("#evolve-cancel")
+    wait_for_text(page, "evolve-status", "Search cancelled after")
+    assert page.inner_text("#evolve-cancel-note").strip() == ""
+    cancelled_after = int(page.inner_text("#evolve-status").split("after ")[1].split(" ")[0])
+    page.screenshot(path=str(ARTIFACTS / "5-evolve-cancelled.png"), full_page=True)
+
+    # Resume continues that run from its finished generations, here for one more generation.
+    finished = cancelled_after // 4 * 4
+    set_number(page, "evolve-candidate-budget", str(finished + 4))
+    page.click("#resume-button")
+    wait_for_text(page, "evolve-status", f"Search stopped by the candidate budget after {finished + 4} candidates")
+    page.screenshot(path=str(ARTIFACTS / "5-evolve-resumed.png"), full_page=True)
     page.close()

@@ -200,6 +200,42 @@ def test_evolve_writes_child_and_record(llama_family, choice_suite, tmp_path):
     assert "generation 2" in format_tree(nodes)
 
 
+def test_evolve_resume_replaces_the_child_of_the_stopped_attempt(llama_family, choice_suite, tmp_path):
+    out = tmp_path / "best"
+    breed_settings = BreedSettings(run_health=False, eval_suites=())
+    stopped, _ = evolve(llama_family["a"], llama_family["b"], out, settings=settings(choice_suite, candidate_budget=4),
+                        breed_settings=breed_settings)
+    assert stopped.stopped == "candidate budget"
+    # Resuming with the budget lifted finishes the run and replaces that child without --overwrite.
+    resumed, child = evolve(llama_family["a"], llama_family["b"], out, settings=settings(choice_suite),
+                            breed_settings=breed_settings, resume=True)
+    full, _ = evolve(llama_family["a"], llama_family["b"], tmp_path / "full", settings=settings(choice_suite),
+                     breed_settings=breed_settings)
+    assert len(resumed.candidates) == 12
+    assert resumed.genome == full.genome
+    assert json.loads((child.out / "evolution.json").read_text())["stopped"] == full.stopped
+
+
+def test_evolve_refuses_an_occupied_output_before_searching(llama_family, choice_suite, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's file")
+    for resume in (False, True):
+        with pytest.raises(DarwinError, match="already exists and is not empty"):
+            evolve(llama_family["a"], llama_family["b"], out, settings=settings(choice_suite), resume=resume)
+    assert not (tmp_path / "taken.evolution").exists()  # refused before the search started
+    assert (out / "notes.txt").read_text() == "the user's file"
+
+
+def test_ablation_stops_when_cancelled(llama_family, choice_suite, tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    rows = ablate_trust(llama_family["a"], llama_family["b"], tmp_path / "ablation", settings=settings(choice_suite),
+                        breed_settings=BreedSettings(run_health=False), cancel=cancel)
+    assert rows == []
+    assert not (tmp_path / "ablation" / "trust-fixed-at-0").exists()
+
+
 def test_ablation_three_runs(llama_family, choice_suite, tmp_path):
     rows = ablate_trust(
         llama_family["a"], llama_family["b"], tmp_path / "ablation", settings=settings(choice_suite, generations=1),

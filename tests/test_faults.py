@@ -286,3 +286,25 @@ def test_studio_paths_confined(tmp_path, monkeypatch):
     monkeypatch.setenv("SPACE_ID", "someone/darwin-studio")
     with pytest.raises(gr.Error, match="outside the folders this server allows"):
         check_user_path(str(allowed / "model"), session_dir)
+
+
+def test_session_closed_during_a_step_keeps_its_folder_until_the_step_ends(tmp_path, monkeypatch):
+    import gradio as gr
+
+    import app.state as state
+
+    monkeypatch.setattr(state, "SESSIONS_ROOT", tmp_path / "sessions")
+    session = state.Session.create()
+    with session.job():
+        (session.workdir / "child-1").mkdir()
+        session.close()  # the page closed while a step was writing
+        assert session.cancel.is_set()
+        assert session.workdir.is_dir()
+        (session.workdir / "child-1" / "late.txt").write_text("written after the close")
+    assert not session.workdir.exists()  # removed when the step ended
+    with pytest.raises(gr.Error, match="This session was closed"), session.job():
+        pass
+
+    idle = state.Session.create()
+    idle.close()
+    assert not idle.workdir.exists()

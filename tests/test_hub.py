@@ -174,7 +174,7 @@ def test_token_status_roles(hub, role, orgs, scoped, repo_id, can_write, message
 
 def test_token_status_missing_and_rejected(hub, monkeypatch):
     assert hub_api.token_status(None).present is False
-    assert "set HF_TOKEN" in hub_api.token_status(None).message
+    assert "set the HF_TOKEN environment variable" in hub_api.token_status(None).message
 
     rejected = hub_api.token_status("hf_" + "x" * 30)
     assert rejected.present and not rejected.valid

@@ -109,7 +109,7 @@ def test_card_body_mri_health_and_eval(bred):
     assert "Verdict: **warning**." in body
     assert "- layer 1 left the parents' band" in body
     assert "| child | 0.600 | [0.400, 0.800] | 20 |" in body
-    assert "| father | 5 | 2 | 0.4531 |" in body
+    assert "| father | 5 | 2 | 0.453 |" in body
 
 
 def test_license_differs_warns():
@@ -195,7 +195,7 @@ def test_failed_push_never_deletes_existing_repo(hub, bred):
 @pytest.mark.parametrize(
     ("account", "repo_id", "message"),
     [
-        (None, "alice/merged", r"pushing needs a token with write access: set HF_TOKEN or enter one in the token field"),
+        (None, "alice/merged", r"pushing needs a token with write access: set the HF_TOKEN environment variable, or enter one in the studio.s token field"),
         ({"role": "read"}, "alice/merged", r"cannot push to alice/merged: token of alice is read-only"),
         ({"role": "write", "orgs": {"lab": "read"}}, "lab/merged", r"cannot push to lab/merged: token of alice \(write\) cannot write to lab/merged"),
         ({"role": "fineGrained", "scoped": []}, "lab/merged", r"cannot push to lab/merged: the token has no write access to lab \(HTTP 403\)"),

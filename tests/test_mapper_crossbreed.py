@@ -190,3 +190,23 @@ def test_studio_match_table_and_summary(hybrid_pair):
     assert summary.startswith("**breedable**: 16 of 16 father FFN tensors pair with the mother (100%")
     assert "father to mother layer: 0→0, 1→1, 2→1, 3→2" in summary
     assert "`model.layers.0.self_attn.k_proj.weight`" in summary
+
+
+def test_failed_match_suggests_ffn_crossbreed(hybrid_pair, capsys):
+    """Without crossbreed mode too few tensors of the hybrid pair match; both reports say what to try."""
+    from app.tables import match_summary
+    from darwin_core.cli import main
+    from darwin_core.mapper import MapperSettings, match_parents
+    from darwin_core.parents import resolve_parent
+
+    father, mother = hybrid_pair
+    report = match_parents(resolve_parent(str(father)), resolve_parent(str(mother)), settings=MapperSettings())
+    assert not report.passed
+    assert "try **FFN crossbreed** mode" in match_summary(report)
+    crossbred = match_parents(resolve_parent(str(father)), resolve_parent(str(mother)), settings=CROSSBREED)
+    assert "try **FFN crossbreed**" not in match_summary(crossbred)
+
+    assert main(["inspect", str(father), str(mother)]) == 0
+    out = capsys.readouterr().out
+    assert "same-family merge: no; the mapper below pairs the parents across layouts" in out
+    assert "hint: --crossbreed ffn" in out
