@@ -52,14 +52,6 @@ def merge_tensor(
     if entry.action is Action.TRANSPLANT_B:
         return mother.to(father.dtype)
 
-    if method != "linear" and father.dtype in (torch.bfloat16, torch.float16) and father.numel() <= CHUNK_ELEMENTS:
-        # Every operator but lerp computes in float32 and rounds once at the end. Converting a
-        # small pair once here, instead of inside the geometry and again inside the operator,
-        # gives the same bits and took a bfloat16 SLERP breed of SmolLM2 from 0.8 s to 0.5 s.
-        upcast_base = base.float() if base is not None else None
-        merged = merge_tensor(entry, father.float(), mother.float(), upcast_base, method, seed, settings, geometry)
-        return merged.to(father.dtype)
-
     ratio = entry.r_final
     generator_a = seeded_generator(seed, entry.name, "a")
     generator_b = seeded_generator(seed, entry.name, "b")
