@@ -3,12 +3,13 @@
 import os
 
 import gradio as gr
+import pandas as pd
 
 from darwin_core.choices import CROSSBREED_MODES, MERGE_METHODS, PRESET_NAMES
 from darwin_core.evaluate import list_suites
 from darwin_core.genome import GENE_GROUPS, GENE_HELP, GENE_NAMES, Genome
 
-from . import callbacks, evolve_callbacks
+from . import callbacks, evolve_callbacks, tables
 from .state import close_request, close_session
 
 DEFAULT_FATHER = "embedded:tiny-arith"
@@ -128,7 +129,8 @@ def build_demo() -> gr.Blocks:
                     breed_button = gr.Button("Breed child", variant="primary", elem_id="breed-button")
                     cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
                 breed_status = gr.Markdown(elem_id="breed-status")
-                eval_table = gr.Dataframe(label="Quick eval: child vs parents", interactive=False, elem_id="eval-table")
+                eval_table = gr.Dataframe(tables.eval_table(None), label="Quick eval: child vs parents", interactive=False,
+                                          elem_id="eval-table")
                 eval_note = gr.Markdown(elem_id="eval-note")
                 health_verdict = gr.Markdown(elem_id="health-verdict")
                 health_plot = gr.Plot(label="Health check per layer", elem_id="health-plot")
@@ -171,8 +173,10 @@ def build_demo() -> gr.Blocks:
                 evolve_status = gr.Markdown(elem_id="evolve-status")
                 with gr.Row():
                     fitness_plot = gr.Plot(label="Fitness per generation", elem_id="fitness-plot")
-                    best_genome = gr.Dataframe(label="Best genome so far", interactive=False, elem_id="best-genome")
-                ablation_table = gr.Dataframe(label="Trust ablation (test split)", interactive=False, elem_id="ablation-table")
+                    best_genome = gr.Dataframe(pd.DataFrame(columns=["gene", "value"]), label="Best genome so far", interactive=False,
+                                               elem_id="best-genome")
+                ablation_table = gr.Dataframe(pd.DataFrame(columns=["run", "mri_trust", "search fitness", "test mean"]),
+                                              label="Trust ablation (test split)", interactive=False, elem_id="ablation-table")
 
             # --- Save and publish ------------------------------------------------------------
             with gr.Tab("6 · Save & publish", id="save"):

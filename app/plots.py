@@ -1,5 +1,6 @@
 """Pure figure builders: engine results in, plotly figures out. No Gradio, no I/O."""
 
+import math
 from collections import defaultdict
 
 import plotly.graph_objects as go
@@ -173,12 +174,14 @@ def health_figure(health: HealthReport) -> go.Figure:
 
 def fitness_figure(history: list[dict]) -> go.Figure:
     """Best and mean fitness per generation of an evolution run."""
-    generations = [row["generation"] for row in history]
+    generations = [row["generation"] + 1 for row in history]  # counted from 1, as the status line counts them
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=generations, y=[row["best"] for row in history], name="best", mode="lines+markers"))
     figure.add_trace(go.Scatter(x=generations, y=[row["mean"] for row in history], name="mean", mode="lines+markers"))
+    step = max(1, math.ceil(len(generations) / 10))  # whole generations only, at most about ten ticks
     figure.update_layout(
-        title="Fitness per generation (search split)", xaxis={"title": "generation"}, yaxis={"title": "fitness"},
+        title="Fitness per generation (search split)", yaxis={"title": "fitness"},
+        xaxis={"title": "generation", "tick0": 1, "dtick": step, "tickformat": "d"},
         height=320, margin={"l": 60, "r": 20, "t": 50, "b": 40},
     )
     return figure

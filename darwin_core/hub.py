@@ -1028,9 +1028,9 @@ def _delete_failed_repo(api, repo_id: str, token: str) -> None:
 def import_card_support() -> None:
     """Import what `render_model_card` needs. A breed calls this on a background thread while it
     merges, which hides the 0.1 s that huggingface_hub takes to import."""
-    import importlib
+    from huggingface_hub import ModelCard, ModelCardData  # attribute access loads the lazy submodules
 
-    importlib.import_module("huggingface_hub")
+    del ModelCard, ModelCardData
 
 
 def render_model_card(metadata: dict, body: str) -> str:

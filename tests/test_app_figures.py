@@ -129,6 +129,8 @@ def test_fitness_figure():
     figure = plots.fitness_figure(history)
     assert [trace.name for trace in figure.data] == ["best", "mean"]
     assert list(figure.data[0].y) == [0.4, 0.6]
+    assert list(figure.data[0].x) == [1, 2]  # generations counted from 1, as in the status line
+    assert figure.layout.xaxis.dtick == 1
 
 
 def test_hub_results_table():
