@@ -10,7 +10,7 @@ import pandas as pd
 
 from darwin_core.genome import GENE_NAMES, Genome
 
-from . import plots
+from . import plots, tables
 from .callbacks import (
     PROBE_FAMILY_NAMES,
     _child_outputs,
@@ -52,6 +52,11 @@ def _settings(population, generations, sigma, seed, space, frozen, suites, time_
     )
 
 
+def _require_idle(session) -> None:
+    if session.evolving is not None:
+        raise gr.Error(f"A {session.evolving} is already running in this session; cancel it or wait for it to finish.")
+
+
 def _best_table(genome) -> pd.DataFrame:
     return pd.DataFrame([{"gene": name, "value": round(getattr(genome, name), 4)} for name in GENE_NAMES])
 
@@ -82,8 +87,7 @@ def run_evolution(session, population, generations, sigma, seed, space, frozen, 
     else:
         session.children_bred += 1
         out = session.workdir / f"evolved-{session.children_bred}"
-    if session.evolving is not None:
-        raise gr.Error("A search is already running in this session; cancel it or wait for it to finish.")
+    _require_idle(session)
     breed_settings = BreedSettings(seed=settings.seed, mri=MriSettings(family_weights=weights),
                                    eval_suites=tuple(name for name, _ in settings.suites), mapper=session.mapper_settings)
     session.last_evolution = out
@@ -175,8 +179,7 @@ def run_ablation(session, population, generations, sigma, seed, suites, *values,
     weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
     start = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
     settings = _settings(population, generations, sigma, seed, "genome", (), suites, None, None, "local")
-    if session.evolving is not None:
-        raise gr.Error("A search is already running in this session; cancel it or wait for it to finish.")
+    _require_idle(session)
     session.cancel.clear()
     session.evolving = "ablation"  # the Evolve tab's Cancel button stops the ablation too
     with session.job():
@@ -190,9 +193,4 @@ def run_ablation(session, population, generations, sigma, seed, suites, *values,
             )
         finally:
             session.evolving = None
-    table = pd.DataFrame([
-        {"run": row["run"], "mri_trust": round(row["mri_trust"], 3), "search fitness": round(row["search_fitness"], 3),
-         "test mean": round(row["test_mean"], 3) if row["test_mean"] is not None else None}
-        for row in rows
-    ])
-    return session, table
+    return session, tables.ablation_table(rows)

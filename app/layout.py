@@ -175,7 +175,7 @@ def build_demo() -> gr.Blocks:
                     fitness_plot = gr.Plot(label="Fitness per generation", elem_id="fitness-plot")
                     best_genome = gr.Dataframe(pd.DataFrame(columns=["gene", "value"]), label="Best genome so far", interactive=False,
                                                elem_id="best-genome")
-                ablation_table = gr.Dataframe(pd.DataFrame(columns=["run", "mri_trust", "search fitness", "test mean"]),
+                ablation_table = gr.Dataframe(tables.ablation_table([]),
                                               label="Trust ablation (test split)", interactive=False, elem_id="ablation-table")
 
             # --- Save and publish ------------------------------------------------------------

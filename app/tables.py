@@ -189,3 +189,18 @@ def card_preview(card: str) -> str:
             front, body = card[4:end], card[end + 4 :].lstrip("\n")
             return f"**Metadata** (YAML front matter)\n\n```yaml\n{front}\n```\n\n{body}"
     return card
+
+
+ABLATION_COLUMNS = ["run", "mri_trust", "search fitness", "test mean"]
+
+
+def ablation_table(rows: list[dict]) -> pd.DataFrame:
+    """Trust ablation results: one row per run (trust fixed at 0, learned, fixed at 1)."""
+    return pd.DataFrame(
+        [
+            {"run": row["run"], "mri_trust": round(row["mri_trust"], 3), "search fitness": round(row["search_fitness"], 3),
+             "test mean": round(row["test_mean"], 3) if row["test_mean"] is not None else None}
+            for row in rows
+        ],
+        columns=ABLATION_COLUMNS,
+    )

@@ -137,3 +137,12 @@ def test_hub_results_table():
     table = tables.hub_results_table([["org/model", "LlamaForCausalLM", "135M", 10, "apache-2.0", "no"]])
     assert list(table.columns) == ["id", "architecture", "parameters", "downloads", "license", "gated"]
     assert table.iloc[0]["id"] == "org/model"
+
+
+def test_ablation_table_rounds_and_keeps_columns():
+    rows = [{"run": "trust learned", "mri_trust": 0.41234, "search_fitness": 0.98765, "test_mean": None}]
+    table = tables.ablation_table(rows)
+    assert list(table.columns) == ["run", "mri_trust", "search fitness", "test mean"]
+    assert table.iloc[0]["mri_trust"] == 0.412
+    assert table.iloc[0]["search fitness"] == 0.988
+    assert list(tables.ablation_table([]).columns) == list(table.columns)
