@@ -168,11 +168,26 @@ def check_parents(father, mother, base, crossbreed, min_match, session, request:
     report = session.compatibility
     summary = tables.compatibility_summary(report)
     match = gr.update(visible=False)
+    session.breedable = report.compatible
     if not report.compatible or settings.crossbreed is not None:
         match_report = match_parents(*session.parents, settings)
+        session.breedable = match_report.passed
         summary += "\n\n### Architecture Mapper\n" + tables.match_summary(match_report)
         match = gr.update(value=tables.match_table(match_report), visible=True)
     return session, tables.compatibility_table(report), summary, match
+
+
+def parents_edited(session, father, mother, base, crossbreed, min_match):
+    """Forget the checked parents once the fields name others, so nothing is scanned or bred from
+    parents that are no longer on the page."""
+    refs = (_clean_ref(father), _clean_ref(mother), _clean_ref(base))
+    if session is None or session.parents is None:
+        return session, gr.skip(), gr.skip(), gr.skip()
+    if not session.parents_changed(*refs) and mapper_settings(crossbreed, min_match) == session.mapper_settings:
+        return session, gr.skip(), gr.skip(), gr.skip()
+    session.reset_parents(*refs)
+    note = "**Not checked**: the parents or the crossbreed settings changed. Press **Check compatibility** before scanning or breeding."
+    return session, None, note, gr.update(value=None, visible=False)
 
 
 def parents_not_checked():
@@ -239,6 +254,16 @@ def scan_parents(session, *values, progress=gr.Progress(track_tqdm=True)):
     return (session, *_mri_figures(session, weights, genome))
 
 
+def scan_after_check(session, *values, progress=gr.Progress(track_tqdm=True)):
+    """Scan right after a parents check, unless the check found parents that cannot be bred.
+
+    The check's report already explains why, so an error from the scan would only repeat it.
+    """
+    if session is None or not session.breedable:
+        return (session, *[gr.skip()] * 7)
+    return scan_parents(session, *values, progress=progress)
+
+
 @user_errors
 def reweight(session, *values):
     """Redraw the ratio and transplant maps for new probe family weights or genes, without rescanning."""
@@ -272,6 +297,8 @@ def update_plan(session, *values):
     """Live plan view: ratio heatmap and counts for the current sliders, without breeding."""
     if session is None or session.parents is None:
         return (session, gr.skip(), gr.skip(), "Check the parents first to see the plan.")
+    if not session.breedable:
+        return (session, gr.skip(), gr.skip(), "These parents cannot be bred with the current settings; the Parents tab says why.")
     weights = family_weights_from_values(values[: len(PROBE_FAMILY_NAMES)])
     genome = genome_from_values(values[len(PROBE_FAMILY_NAMES) :])
     plan = _plan(session, genome, weights)

@@ -215,14 +215,20 @@ def build_demo() -> gr.Blocks:
         def check_then_scan(event):
             # Scan and plan only when the parents resolved; an error stops the chain.
             return (
-                event.success(callbacks.scan_parents, [session, *weights_and_genes], mri_out, concurrency_id="heavy")
+                event.success(callbacks.scan_after_check, [session, *weights_and_genes], mri_out, concurrency_id="heavy")
                 .success(callbacks.update_plan, [session, *weights_and_genes], plan_out)
             )
 
+        # "Use this child as the father" checks the new pair at once, like the button and page load.
+        next_parent = next_generation.click(callbacks.child_as_parent, [session], [session, father, tabs])
         for check in (check_button.click(callbacks.check_parents, parents_in, parents_out, api_name="check_parents"),
-                      demo.load(callbacks.check_parents, parents_in, parents_out, api_name=False)):
+                      demo.load(callbacks.check_parents, parents_in, parents_out, api_name=False),
+                      next_parent.success(callbacks.check_parents, parents_in, parents_out)):
             check_then_scan(check)
             check.failure(callbacks.parents_not_checked, None, [compat_table, compat_summary, match_table])
+        for field in (father, mother, base, crossbreed, min_match):
+            field.change(callbacks.parents_edited, [session, father, mother, base, crossbreed, min_match], parents_out,
+                         show_progress="hidden", trigger_mode="always_last")
         scan_button.click(callbacks.scan_parents, [session, *weights_and_genes], mri_out, concurrency_id="heavy")
 
         for slider in [*family_sliders, *genes]:
@@ -257,7 +263,6 @@ def build_demo() -> gr.Blocks:
         push_button.click(callbacks.push_child, [session, repo_id, private, token], [session, push_status], concurrency_id="heavy")
 
         tree_button.click(callbacks.family_tree, [session], [session, tree_plot])
-        next_generation.click(callbacks.child_as_parent, [session], [session, father, tabs])
 
         upload.upload(callbacks.upload_parent, [session, upload, upload_role], [session, father, mother])
         hub_button.click(callbacks.hub_search, [hub_query, hub_same_type, hub_sort, father], [hub_results, hub_note])

@@ -131,8 +131,14 @@ def sibling_figure(report: MriReport) -> go.Figure:
     layers = list(range(report.num_layers))
     probe_a, probe_b = report.probe_scores()
     figure = go.Figure()
-    figure.add_trace(go.Scatter(x=layers, y=[sum(norms_a[l]) / max(len(norms_a[l]), 1) for l in layers], name="father task-vector norm (relative)"))
-    figure.add_trace(go.Scatter(x=layers, y=[sum(norms_b[l]) / max(len(norms_b[l]), 1) for l in layers], name="mother task-vector norm (relative)"))
+    if report.base is None:
+        # Without a base both task vectors are the difference of the two parents, so their norms
+        # are equal and one line shows them.
+        figure.add_trace(go.Scatter(x=layers, y=[sum(norms_b[l]) / max(len(norms_b[l]), 1) for l in layers],
+                                    name="mother - father norm (relative)"))
+    else:
+        figure.add_trace(go.Scatter(x=layers, y=[sum(norms_a[l]) / max(len(norms_a[l]), 1) for l in layers], name="father task-vector norm (relative)"))
+        figure.add_trace(go.Scatter(x=layers, y=[sum(norms_b[l]) / max(len(norms_b[l]), 1) for l in layers], name="mother task-vector norm (relative)"))
     if any(value is not None for value in report.task_cosine):
         figure.add_trace(go.Scatter(x=layers, y=report.task_cosine, name="cosine of task vectors", yaxis="y2"))
     figure.add_trace(go.Bar(x=layers, y=[b - a for a, b in zip(probe_a, probe_b)], name="probe score: mother - father", opacity=0.4))

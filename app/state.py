@@ -27,6 +27,7 @@ class Session:
     base_ref: str | None = None
     parents: tuple | None = None
     compatibility: object | None = None
+    breedable: bool = False  # the checked parents pair up, by name or through the Architecture Mapper
     mapping: object | None = None
     mapper_settings: object | None = None
     mri: object | None = None
@@ -57,6 +58,7 @@ class Session:
         """Forget everything derived from the previous parents."""
         self.father_ref, self.mother_ref, self.base_ref = father, mother, base
         self.parents = self.compatibility = self.mapping = self.mri = None
+        self.breedable = False
         self.models.clear()
 
     def next_child_folder(self) -> Path:

@@ -101,8 +101,13 @@ def eval_note(evaluation: dict | None) -> str:
     for suite in evaluation.get("suites", []):
         for paired in suite.get("paired", []):
             verdict = "a real difference" if paired["p_value"] < 0.05 else "within noise on this suite size"
-            direction = "better" if paired["wins"] > paired["losses"] else "worse" if paired["wins"] < paired["losses"] else "level"
-            notes.append(f"- `{suite['suite']}`: child {direction} than {paired['against']} ({paired['wins']} wins, {paired['losses']} losses, p = {format_p(paired['p_value'])}): {verdict}.")
+            if paired["wins"] > paired["losses"]:
+                direction = "better than"
+            elif paired["wins"] < paired["losses"]:
+                direction = "worse than"
+            else:
+                direction = "level with"
+            notes.append(f"- `{suite['suite']}`: child {direction} {paired['against']} ({paired['wins']} wins, {paired['losses']} losses, p = {format_p(paired['p_value'])}): {verdict}.")
     return "\n".join(notes)
 
 

@@ -70,7 +70,8 @@ def cmd_evolve(args) -> None:
         "history": result.history,
     }
     lines = [f"best search fitness {result.best.fitness:.4f} after {len(result.candidates)} candidates ({result.stopped})"]
-    lines += [f"generation {r['generation']}: best {r['best']:.4f}, mean {r['mean']:.4f}" for r in result.history]
+    # Counted from 1, as in the studio. The index in evolution.json stays 0-based.
+    lines += [f"generation {r['generation'] + 1}: best {r['best']:.4f}, mean {r['mean']:.4f}" for r in result.history]
     lines.append(f"child written to {child.out} (health {summary['health']['verdict']})")
     for suite in (summary.get("eval") or {}).get("suites", []):
         for row in suite["results"]:

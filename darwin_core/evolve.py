@@ -290,8 +290,8 @@ class Evolution:
                 self.history.append(row)
                 self.save()
                 logger.info(
-                    "generation %d: best %.4f, mean %.4f, %d failed, %.1f s elapsed",
-                    generation, row["best"], row["mean"], row["failed"], row["elapsed"],
+                    "generation %d of %d: best %.4f, mean %.4f, %d failed, %.1f s elapsed",
+                    generation + 1, self.settings.generations, row["best"], row["mean"], row["failed"], row["elapsed"],
                 )
                 if on_generation is not None:
                     on_generation(row, batch)

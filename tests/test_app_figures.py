@@ -69,6 +69,14 @@ def test_sibling_figure_has_cosine_with_base(scanned):
     names = [trace.name for trace in plots.sibling_figure(report).data]
     assert "cosine of task vectors" in names
     assert "probe score: mother - father" in names
+    assert "father task-vector norm (relative)" in names
+
+
+def test_sibling_figure_without_base_draws_one_norm_line(llama_family):
+    father, mother, _, mapping = prepare(llama_family["a"], llama_family["b"])
+    names = [trace.name for trace in plots.sibling_figure(scan(father, mother, None, mapping=mapping)).data]
+    assert [name for name in names if "norm" in name] == ["mother - father norm (relative)"]
+    assert "cosine of task vectors" not in names
 
 
 def test_compatibility_table_and_summary(llama_family):

@@ -114,6 +114,16 @@ def test_full_flow(studio, browser, tmp_path):
     page.wait_for_selector("#tree-plot .js-plotly-plot", timeout=LONG)
     page.screenshot(path=str(ARTIFACTS / "7-tree.png"), full_page=True)
 
+    # Next generation: the child becomes the father, the new pair is checked, and the next child
+    # is its offspring.
+    page.click("#next-generation")
+    page.wait_for_function("() => document.querySelector('#father input').value.includes('child-1')", timeout=LONG)
+    page.wait_for_function("() => document.querySelector('#compat-summary').innerText.includes('compatible: every tensor')", timeout=LONG)
+    open_tab(page, "4 · Breed & evaluate")
+    page.click("#breed-button")
+    page.wait_for_function("() => document.querySelector('#breed-status').innerText.includes('child-2')", timeout=LONG)
+    assert "child-1" in page.inner_text("#card-preview")
+
     open_tab(page, "5 · Evolve")
     page.wait_for_selector("#evolve-button")
     page.screenshot(path=str(ARTIFACTS / "5-evolve.png"), full_page=True)
@@ -154,6 +164,20 @@ def test_user_mistake_shows_message(studio, browser):
     page.wait_for_function("() => document.querySelector('#compat-summary').innerText.includes('Not checked')", timeout=LONG)
     assert "compatible" not in page.inner_text("#compat-summary")
     page.screenshot(path=str(ARTIFACTS / "error-message.png"), full_page=True)
+    page.close()
+
+
+def test_edited_parents_are_not_bred_before_a_check(studio, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(studio.url)
+    page.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+    mother = page.locator("#mother input")
+    mother.fill("embedded:tiny-base")
+    mother.press("Enter")
+    page.wait_for_function("() => document.querySelector('#compat-summary').innerText.includes('Not checked')", timeout=LONG)
+    open_tab(page, "4 · Breed & evaluate")
+    page.click("#breed-button")
+    page.get_by_text("Check the parents on the Parents tab first").first.wait_for(timeout=LONG)
     page.close()
 
 

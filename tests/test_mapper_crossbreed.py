@@ -210,3 +210,23 @@ def test_failed_match_suggests_ffn_crossbreed(hybrid_pair, capsys):
     out = capsys.readouterr().out
     assert "same-family merge: no; the mapper below pairs the parents across layouts" in out
     assert "hint: --crossbreed ffn" in out
+
+
+def test_studio_skips_the_scan_of_parents_that_cannot_breed(hybrid_pair, tmp_path, monkeypatch):
+    """The report already says why the pair cannot breed; the scan chained after the check stays quiet."""
+    import gradio as gr
+
+    import app.state as state
+    from app import callbacks
+
+    monkeypatch.setattr(state, "SESSIONS_ROOT", tmp_path / "sessions")
+    father, mother = (str(path) for path in hybrid_pair)
+    session, _, summary, _ = callbacks.check_parents(father, mother, "", "none", 0.8, None)
+    assert not session.breedable
+    assert "too few tensors pair to breed" in summary
+    assert list(callbacks.scan_after_check(session)[1:]) == [gr.skip()] * 7
+
+    session, _, summary, _ = callbacks.check_parents(father, mother, "", "ffn", 0.8, session)
+    assert session.breedable
+    assert "**breedable**" in summary
+    session.close()
