@@ -322,7 +322,11 @@ def import_genome(path):
 
     if not path:
         raise gr.Error("Upload a genome JSON file first.")
-    genome = load_genome(path)
+    try:
+        genome = load_genome(path)
+    except DarwinError as error:
+        # Name the file as the user knows it, not by Gradio's temporary upload path.
+        raise gr.Error(str(error).replace(str(path), Path(path).name)) from None
     return [getattr(genome, gene) for gene in GENE_NAMES]
 
 

@@ -100,7 +100,7 @@ def build_demo() -> gr.Blocks:
                     preset = gr.Dropdown(list(PRESET_NAMES), value="balanced", label="Preset", scale=2)
                     apply_preset_button = gr.Button("Apply preset", scale=1)
                     genome_upload = gr.File(label="Import genome JSON", file_types=[".json"], type="filepath", scale=2)
-                    with gr.Column(scale=1, min_width=160):
+                    with gr.Column(scale=1, min_width=240):
                         export_button = gr.Button("Export genome JSON", elem_id="export-button")
                         export_file = gr.File(label="genome.json", interactive=False, visible=False, elem_id="export-file")
                 gene_sliders = {}
@@ -184,7 +184,7 @@ def build_demo() -> gr.Blocks:
                     save_path = gr.Textbox(label="Save the child to folder", placeholder="/path/to/my-child", scale=3, elem_id="save-path")
                     save_button = gr.Button("Save", scale=1, elem_id="save-button")
                     zip_button = gr.Button("Prepare zip", scale=1, elem_id="zip-button")
-                    zip_file = gr.File(label="Download", interactive=False, elem_id="zip-file")
+                    zip_file = gr.File(label="Download", interactive=False, elem_id="zip-file", scale=2, min_width=240)
                 save_status = gr.Markdown(elem_id="save-status")
                 with gr.Accordion("Push to the Hugging Face Hub", open=False):
                     with gr.Row():

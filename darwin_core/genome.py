@@ -112,16 +112,23 @@ class Genome:
         """Build a genome from exactly the 14 named genes; names the missing or unknown ones otherwise."""
         if not isinstance(values, dict):
             raise GenomeError(f"{source}: expected a JSON object with the {len(GENE_NAMES)} genes, got {type(values).__name__}")
+        # All problems in one message, so a hand-edited genome is fixed in one round.
+        problems = []
         missing = [name for name in GENE_NAMES if name not in values]
         unknown = sorted(set(values) - set(GENE_NAMES))
         if missing:
-            raise GenomeError(f"{source}: missing gene(s) {', '.join(missing)}; a genome names all of {', '.join(GENE_NAMES)}")
+            problems.append(f"missing gene(s) {', '.join(missing)}")
         if unknown:
-            raise GenomeError(f"{source}: unknown gene(s) {', '.join(unknown)}; valid genes are {', '.join(GENE_NAMES)}")
-        try:
-            return cls(**{name: values[name] for name in GENE_NAMES})
-        except GenomeError as error:
-            raise GenomeError(f"{source}: {error}") from None
+            problems.append(f"unknown gene(s) {', '.join(unknown)}")
+        for name in GENE_NAMES:
+            if name in values:
+                try:
+                    _check_gene(name, values[name])
+                except GenomeError as error:
+                    problems.append(str(error))
+        if problems:
+            raise GenomeError(f"{source}: {'; '.join(problems)}. A genome must contain each of {', '.join(GENE_NAMES)} once")
+        return cls(**{name: values[name] for name in GENE_NAMES})
 
     def replace(self, **changes: float) -> "Genome":
         return Genome(**{**self.to_dict(), **changes})

@@ -1,5 +1,7 @@
 """Studio callbacks called directly, without a browser: what they keep in the session and refuse."""
 
+import json
+
 import gradio as gr
 import pytest
 
@@ -49,3 +51,15 @@ def test_edited_parents_need_a_new_check(llama_family, sessions_root):
 def test_eval_note_level_with():
     evaluation = {"suites": [{"suite": "upper", "paired": [{"against": "tiny-arith", "wins": 0, "losses": 0, "p_value": 1.0}]}]}
     assert tables.eval_note(evaluation) == "- `upper`: child level with tiny-arith (0 wins, 0 losses, p = 1): within noise on this suite size."
+
+
+def test_genome_import_error_names_the_file_not_the_upload_folder(tmp_path):
+    upload = tmp_path / "gradio-upload-1234" / "bad-genome.json"
+    upload.parent.mkdir()
+    values = Genome().to_dict()
+    values["global_ratio"] = 2.5
+    upload.write_text(json.dumps(values))
+    with pytest.raises(gr.Error) as raised:
+        callbacks.import_genome(str(upload))
+    assert raised.value.message.startswith("bad-genome.json: gene global_ratio must be in [0, 1], got 2.5")
+    assert "gradio-upload-1234" not in raised.value.message

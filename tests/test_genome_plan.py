@@ -69,6 +69,21 @@ def test_genome_read_from_darwin_json(tmp_path):
     assert load_genome(path).global_ratio == 0.3
 
 
+def test_invalid_genome_lists_every_problem(tmp_path):
+    values = Genome().to_dict()
+    values.pop("ffn_ratio")
+    values["bogus"] = 1
+    values["global_ratio"] = 2.5
+    path = tmp_path / "bad-genome.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(GenomeError) as raised:
+        load_genome(path)
+    message = str(raised.value)
+    assert "missing gene(s) ffn_ratio" in message
+    assert "unknown gene(s) bogus" in message
+    assert "gene global_ratio must be in [0, 1], got 2.5" in message
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
