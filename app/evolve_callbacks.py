@@ -147,9 +147,9 @@ def run_evolution(session, population, generations, sigma, seed, space, frozen, 
     session.child, session.record, session.health = child.out, child.record, child.health
     session.models.pop("child", None)
     genome = result.genome
-    how = STOP_REASONS.get(result.stopped, f"Search stopped ({result.stopped})")
+    ending = STOP_REASONS.get(result.stopped, f"Search stopped ({result.stopped})")
     status = (
-        f"{how} after {len(result.candidates)} candidates; best search fitness {result.best.fitness:.3f}. "
+        f"{ending} after {len(result.candidates)} candidates; best search fitness {result.best.fitness:.3f}. "
         f"The best child was bred and scored on the test split."
     )
     yield (session, status, "", plots.fitness_figure(result.history) if result.history else None, _best_table(genome),

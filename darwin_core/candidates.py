@@ -1,8 +1,8 @@
 """Candidates of an evolution run: the genome codec, the evaluation context and the evaluator.
 
-A candidate is a vector from CMA-ES. The codec turns it into a genome (and per-layer ratios in
-the extended space); the evaluator merges its child into one reusable model and scores it on the
-search split. Everything here is picklable or rebuilt from picklable parts, so Ray workers can
+A candidate is a vector from CMA-ES. The codec turns it into a genome, plus per-layer ratios in
+the extended space. The evaluator merges the candidate's child into one reusable model and scores
+it on the search split. Everything here is picklable or rebuilt from picklable parts, so Ray workers can
 score candidates as well.
 """
 
@@ -131,7 +131,7 @@ def build_context(
             continue
         items = load_suite(name, "search")
         if max_items is not None and len(items) > max_items:
-            # A fixed sample for the whole run, so every candidate sees the same items.
+            # A fixed sample for the whole run, so every candidate is scored on the same items.
             order = np.random.default_rng(sample_seed).permutation(len(items))[:max_items]
             items = [items[i] for i in sorted(order)]
         loaded.append((name, weight, items))
@@ -153,10 +153,11 @@ def build_context(
 
 
 class CandidateEvaluator:
-    """Scores candidates with one reusable model built from the context; `evaluate` never raises.
+    """The scorer of candidates: one reusable model built from the context.
 
-    Each candidate's tensors are written into the model's own parameters; a tensor whose plan
-    entry did not change since the previous candidate is not recomputed.
+    `evaluate` turns an exception into a candidate with the worst fitness. Each candidate's
+    tensors are written into the model's own parameters, and a tensor whose plan entry did not
+    change since the previous candidate is not recomputed (`written` remembers the entries).
     """
 
     def __init__(self, context: EvaluationContext):

@@ -53,7 +53,7 @@ def test_eval_note_level_with():
     assert tables.eval_note(evaluation) == "- `upper`: child level with tiny-arith (0 wins, 0 losses, p = 1): within noise on this suite size."
 
 
-def test_genome_import_error_names_the_file_not_the_upload_folder(tmp_path):
+def test_genome_import_error_file_name(tmp_path):
     upload = tmp_path / "gradio-upload-1234" / "bad-genome.json"
     upload.parent.mkdir()
     values = Genome().to_dict()

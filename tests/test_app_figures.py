@@ -96,7 +96,9 @@ def test_card_preview_shows_front_matter_as_yaml(llama_family, tmp_path):
     preview = tables.card_preview(card)
     assert preview.startswith("**Metadata** (YAML front matter)\n\n```yaml\n")
     front = preview.split("```yaml\n", 1)[1].split("\n```", 1)[0]
-    assert "tags:" in front and "- evolutionary-merge" in front and "---" not in front
+    assert "tags:" in front
+    assert "- evolutionary-merge" in front
+    assert "---" not in front
     assert card.split("\n---", 2)[-1].strip() in preview  # the body follows unchanged
     assert tables.card_preview("# no front matter") == "# no front matter"
 

@@ -53,6 +53,17 @@ def plot_data(page, elem_id: str):
     return page.evaluate(f"() => {{ const p = document.querySelector('#{elem_id} .js-plotly-plot'); return p ? JSON.stringify(p.data.map(t => t.z || t.y)) : null; }}")
 
 
+def open_studio(studio, browser, url_suffix: str = "", width: int = 1280, height: int = 800):
+    """Open a page on the studio and wait until the parents check that runs on load fills its report."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(studio.url + url_suffix)
+    page.wait_for_function(
+        "() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')",
+        timeout=LONG,
+    )
+    return page
+
+
 def test_full_flow(studio, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(studio.url)
@@ -131,17 +142,13 @@ def test_full_flow(studio, browser, tmp_path):
 
 
 def test_phone_width_and_dark_theme(studio, browser):
-    phone = browser.new_page(viewport={"width": 390, "height": 844})
-    phone.goto(studio.url)
-    phone.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+    phone = open_studio(studio, browser, width=390, height=844)
     width = phone.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390 + 20, f"page is {width} px wide on a 390 px screen"
     phone.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=True)
     phone.close()
 
-    dark = browser.new_page(viewport={"width": 1280, "height": 800})
-    dark.goto(studio.url + "/?__theme=dark")
-    dark.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+    dark = open_studio(studio, browser, url_suffix="/?__theme=dark")
     background = dark.evaluate("() => getComputedStyle(document.querySelector('gradio-app') || document.body).backgroundColor")
     text_color = dark.evaluate("() => getComputedStyle(document.querySelector('#compat-summary')).color")
     assert background != text_color
@@ -150,9 +157,7 @@ def test_phone_width_and_dark_theme(studio, browser):
 
 
 def test_user_mistake_shows_message(studio, browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(studio.url)
-    page.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+    page = open_studio(studio, browser)
     mother = page.locator("#mother input")
     mother.fill("embedded:no-such-model")
     mother.press("Enter")
@@ -167,10 +172,8 @@ def test_user_mistake_shows_message(studio, browser):
     page.close()
 
 
-def test_edited_parents_are_not_bred_before_a_check(studio, browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(studio.url)
-    page.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+def test_edited_parents_need_check(studio, browser):
+    page = open_studio(studio, browser)
     mother = page.locator("#mother input")
     mother.fill("embedded:tiny-base")
     mother.press("Enter")
@@ -194,10 +197,8 @@ def set_number(page, elem_id: str, value: str) -> None:
     field.press("Enter")
 
 
-def test_export_genome_gives_the_current_sliders(studio, browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(studio.url)
-    page.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+def test_genome_export_current_sliders(studio, browser):
+    page = open_studio(studio, browser)
     open_tab(page, "3 · Genome")
     for value in ("0.3", "0.7"):
         set_number(page, "gene-global_ratio", value)
@@ -212,9 +213,7 @@ def test_export_genome_gives_the_current_sliders(studio, browser):
 
 
 def test_evolve_cancel_and_resume(studio, browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(studio.url)
-    page.wait_for_function("() => document.querySelector('#compat-table') && document.querySelector('#compat-table').innerText.includes('model type')", timeout=LONG)
+    page = open_studio(studio, browser)
     open_tab(page, "5 · Evolve")
     page.click("#evolve-cancel")
     wait_for_text(page, "evolve-cancel-note", "Nothing is running")

@@ -288,7 +288,7 @@ def test_studio_paths_confined(tmp_path, monkeypatch):
         check_user_path(str(allowed / "model"), session_dir)
 
 
-def test_session_closed_during_a_step_keeps_its_folder_until_the_step_ends(tmp_path, monkeypatch):
+def test_session_close_during_step(tmp_path, monkeypatch):
     import gradio as gr
 
     import app.state as state

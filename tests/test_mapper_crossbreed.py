@@ -193,7 +193,7 @@ def test_studio_match_table_and_summary(hybrid_pair):
 
 
 def test_failed_match_suggests_ffn_crossbreed(hybrid_pair, capsys):
-    """Without crossbreed mode too few tensors of the hybrid pair match; both reports say what to try."""
+    """Without crossbreed mode too few tensors of the hybrid pair match, so both reports suggest FFN crossbreed."""
     from app.tables import match_summary
     from darwin_core.cli import main
     from darwin_core.mapper import MapperSettings, match_parents
@@ -212,8 +212,8 @@ def test_failed_match_suggests_ffn_crossbreed(hybrid_pair, capsys):
     assert "hint: --crossbreed ffn" in out
 
 
-def test_studio_skips_the_scan_of_parents_that_cannot_breed(hybrid_pair, tmp_path, monkeypatch):
-    """The report already says why the pair cannot breed; the scan chained after the check stays quiet."""
+def test_scan_after_check_skips_unbreedable(hybrid_pair, tmp_path, monkeypatch):
+    """The report already explains why the pair cannot breed, so the scan chained after the check is skipped."""
     import gradio as gr
 
     import app.state as state
