@@ -191,7 +191,7 @@ def parents_edited(session, father, mother, base, crossbreed, min_match):
 
 
 def parents_not_checked():
-    """After a failed parents check: clear the previous parents' report so it cannot pass for this one."""
+    """Clear the previous parents' report after a failed check, so it cannot pass for the new parents."""
     note = "**Not checked**: these parents could not be read; the message in the corner says why."
     return None, note, gr.update(value=None, visible=False)
 

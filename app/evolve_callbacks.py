@@ -54,7 +54,7 @@ def _settings(population, generations, sigma, seed, space, frozen, suites, time_
 
 def _require_idle(session) -> None:
     if session.evolving is not None:
-        raise gr.Error(f"A {session.evolving} is already running in this session; cancel it or wait for it to finish.")
+        raise gr.Error(f"A {session.evolving} is already running in this session. Cancel it or wait for it to finish.")
 
 
 def _best_table(genome) -> pd.DataFrame:

@@ -22,7 +22,8 @@ def create_app() -> gr.Blocks:
 def launch(**overrides) -> None:
     """Start the server; GRADIO_SERVER_NAME and GRADIO_SERVER_PORT (set on Spaces) take precedence."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("huggingface_hub").propagate = False  # it has a handler of its own; once is enough
+    # huggingface_hub logs through a handler of its own, so passing its records on printed them twice.
+    logging.getLogger("huggingface_hub").propagate = False
     options = {
         "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

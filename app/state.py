@@ -78,7 +78,7 @@ class Session:
 
     @contextmanager
     def job(self):
-        """Mark a step that writes into the session folder; a closed session refuses new steps.
+        """Mark a step that writes into the session folder. A closed session rejects new steps.
 
         Closing the page cancels a running step, and the folder is removed when that step ends.
         Removing it earlier let a search or an ablation write children into the deleted folder,
@@ -86,7 +86,7 @@ class Session:
         """
         with self._lock:
             if self.closed:
-                raise gr.Error("This session was closed; reload the page to start a new one.")
+                raise gr.Error("This session was closed. Reload the page to start a new one.")
             self.active_jobs += 1
         try:
             yield
@@ -106,7 +106,7 @@ class Session:
             self.closed = True
             busy = self.active_jobs > 0
         if busy:
-            logger.info("session closing; %s is removed when its running step stops", self.workdir)
+            logger.info("session closing: %s is removed when its running step stops", self.workdir)
         else:
             self._remove_files()
 

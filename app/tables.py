@@ -200,7 +200,7 @@ ABLATION_COLUMNS = ["run", "mri_trust", "search fitness", "test mean"]
 
 
 def ablation_table(rows: list[dict]) -> pd.DataFrame:
-    """Trust ablation results: one row per run (trust fixed at 0, learned, fixed at 1)."""
+    """Build the trust ablation table: one row per run (trust fixed at 0, learned, fixed at 1)."""
     return pd.DataFrame(
         [
             {"run": row["run"], "mri_trust": round(row["mri_trust"], 3), "search fitness": round(row["search_fitness"], 3),

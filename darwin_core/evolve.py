@@ -422,7 +422,7 @@ def ablate_trust(
     quiet: bool = True,
     cancel: threading.Event | None = None,
 ) -> list[dict]:
-    """Run the same search three times: trust fixed at 0, learned, fixed at 1; score each best child on `test`.
+    """Run the same search three times (trust fixed at 0, learned, fixed at 1) and score each best child on `test`.
 
     Setting `cancel` stops the running search early (its best child is still bred and scored)
     and skips the runs that have not started.

@@ -24,8 +24,8 @@ def return_large_blocks_to_the_os() -> None:
     blocks (the projections of a 135M model, 3.5 MB in float32) are reused from the heap, which
     is only trimmed once 64 MiB at its top are free; a 1 MiB threshold with the default trim
     made every temporary a fresh map whose pages fault in again, and a TIES breed of SmolLM2
-    took 2.1 s instead of 1.1 s at the same peak RSS. Process-wide, applied once; other C
-    libraries are untouched.
+    took 2.1 s instead of 1.1 s at the same peak RSS. The setting is process-wide and applied
+    once, and other C libraries are untouched.
     """
     global _applied
     if _applied or not sys.platform.startswith("linux"):
@@ -40,7 +40,7 @@ def return_large_blocks_to_the_os() -> None:
         return
     for parameter, value in ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)):
         if mallopt(parameter, value) != 1:
-            logger.debug("mallopt(%d, %d) was refused; keeping the default", parameter, value)
+            logger.debug("mallopt(%d, %d) failed, so glibc keeps its default for that parameter", parameter, value)
 
 
 def available_memory() -> int | None:

@@ -51,5 +51,5 @@ def paired_comparison(model: str, correct: list[bool], against: str, reference: 
 
 
 def format_p(p_value: float) -> str:
-    """A p-value for tables and logs: three significant digits, so 3.6e-17 never prints as 0.0000."""
+    """Format a p-value for tables and logs with three significant digits, so 3.6e-17 does not print as 0.0000."""
     return f"{p_value:.3g}"

@@ -22,7 +22,7 @@ def slider_values() -> list[float]:
     return [1.0] * len(PROBE_FAMILIES) + [getattr(genome, gene) for gene in GENE_NAMES]
 
 
-def test_edited_parents_need_a_new_check(llama_family, sessions_root):
+def test_edited_parents_need_check(llama_family, sessions_root):
     father, mother, base = str(llama_family["a"]), str(llama_family["b"]), str(llama_family["base"])
     session, _, summary, _ = callbacks.check_parents(father, mother, "", "none", 0.8, None)
     assert session.breedable

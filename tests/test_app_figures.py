@@ -72,7 +72,7 @@ def test_sibling_figure_has_cosine_with_base(scanned):
     assert "father task-vector norm (relative)" in names
 
 
-def test_sibling_figure_without_base_draws_one_norm_line(llama_family):
+def test_sibling_figure_without_base(llama_family):
     father, mother, _, mapping = prepare(llama_family["a"], llama_family["b"])
     names = [trace.name for trace in plots.sibling_figure(scan(father, mother, None, mapping=mapping)).data]
     assert [name for name in names if "norm" in name] == ["mother - father norm (relative)"]
@@ -90,7 +90,7 @@ def test_compatibility_table_and_summary(llama_family):
     assert tables.compatibility_summary(report).startswith("**compatible: every tensor pairs up")
 
 
-def test_card_preview_shows_front_matter_as_yaml(llama_family, tmp_path):
+def test_card_preview_front_matter(llama_family, tmp_path):
     result = breed(llama_family["a"], llama_family["b"], tmp_path / "child", settings=BreedSettings(run_health=False, eval_suites=()))
     card = (result.out / "README.md").read_text()
     preview = tables.card_preview(card)
@@ -103,7 +103,7 @@ def test_card_preview_shows_front_matter_as_yaml(llama_family, tmp_path):
     assert tables.card_preview("# no front matter") == "# no front matter"
 
 
-def test_format_p_keeps_small_values_readable():
+def test_format_p_small_values():
     from darwin_core.stats import format_p
 
     assert format_p(3.64e-17) == "3.64e-17"
@@ -149,7 +149,7 @@ def test_hub_results_table():
     assert table.iloc[0]["id"] == "org/model"
 
 
-def test_ablation_table_rounds_and_keeps_columns():
+def test_ablation_table_columns():
     rows = [{"run": "trust learned", "mri_trust": 0.41234, "search_fitness": 0.98765, "test_mean": None}]
     table = tables.ablation_table(rows)
     assert list(table.columns) == ["run", "mri_trust", "search fitness", "test mean"]

@@ -64,6 +64,12 @@ def open_studio(studio, browser, url_suffix: str = "", width: int = 1280, height
     return page
 
 
+def set_mother(page, ref: str) -> None:
+    field = page.locator("#mother input")
+    field.fill(ref)
+    field.press("Enter")
+
+
 def test_full_flow(studio, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(studio.url)
@@ -158,9 +164,7 @@ def test_phone_width_and_dark_theme(studio, browser):
 
 def test_user_mistake_shows_message(studio, browser):
     page = open_studio(studio, browser)
-    mother = page.locator("#mother input")
-    mother.fill("embedded:no-such-model")
-    mother.press("Enter")
+    set_mother(page, "embedded:no-such-model")
     page.click("#check-parents")
     error = page.get_by_text("unknown embedded model 'no-such-model'")
     error.first.wait_for(timeout=LONG)
@@ -174,9 +178,7 @@ def test_user_mistake_shows_message(studio, browser):
 
 def test_edited_parents_need_check(studio, browser):
     page = open_studio(studio, browser)
-    mother = page.locator("#mother input")
-    mother.fill("embedded:tiny-base")
-    mother.press("Enter")
+    set_mother(page, "embedded:tiny-base")
     page.wait_for_function("() => document.querySelector('#compat-summary').innerText.includes('Not checked')", timeout=LONG)
     open_tab(page, "4 · Breed & evaluate")
     page.click("#breed-button")

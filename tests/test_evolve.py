@@ -200,7 +200,7 @@ def test_evolve_writes_child_and_record(llama_family, choice_suite, tmp_path):
     assert "generation 2" in format_tree(nodes)
 
 
-def test_evolve_resume_replaces_the_child_of_the_stopped_attempt(llama_family, choice_suite, tmp_path):
+def test_resume_replaces_stopped_child(llama_family, choice_suite, tmp_path):
     out = tmp_path / "best"
     breed_settings = BreedSettings(run_health=False, eval_suites=())
     stopped, _ = evolve(llama_family["a"], llama_family["b"], out, settings=settings(choice_suite, candidate_budget=4),
@@ -216,7 +216,7 @@ def test_evolve_resume_replaces_the_child_of_the_stopped_attempt(llama_family, c
     assert json.loads((child.out / "evolution.json").read_text())["stopped"] == full.stopped
 
 
-def test_evolve_refuses_an_occupied_output_before_searching(llama_family, choice_suite, tmp_path):
+def test_evolve_rejects_occupied_output(llama_family, choice_suite, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "notes.txt").write_text("the user's file")

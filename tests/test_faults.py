@@ -179,7 +179,7 @@ def test_sigkill_never_leaves_a_complete_looking_child(make_model, tmp_path):
             assert verify_child(out) == []
 
 
-def test_inspect_verifies_the_checksums(llama_family, tmp_path, capsys):
+def test_inspect_verifies_checksums(llama_family, tmp_path, capsys):
     from darwin_core.cli import main
 
     out = breed(llama_family["a"], llama_family["b"], tmp_path / "child", settings=FAST).out

@@ -80,7 +80,7 @@ def test_magnitude_trim_keeps_largest():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_kth_largest_matches_a_full_sort(dtype):
+def test_kth_largest_matches_sort(dtype):
     # Repeated magnitudes included: the threshold is the k-th entry of the sorted values.
     values = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0, 0.5, 2.0, 4.0], dtype=dtype)
     ranked = sorted(values.float().tolist(), reverse=True)
@@ -88,7 +88,7 @@ def test_kth_largest_matches_a_full_sort(dtype):
         assert kth_largest(values.clone(), k) == ranked[k - 1]
 
 
-def test_magnitude_trim_keeps_ties_at_the_threshold():
+def test_magnitude_trim_keeps_threshold_ties():
     # Keeping 2 of 5 where the 2nd and 3rd largest magnitudes tie: both survive.
     delta = torch.tensor([1.0, -2.0, 2.0, 3.0, 0.5])
     assert_close(magnitude_trim(delta, 0.4), torch.tensor([0.0, -2.0, 2.0, 3.0, 0.0]))
